@@ -1,0 +1,1 @@
+"""Command-line front ends. Thin: parsing and messages here, logic in the layers below."""

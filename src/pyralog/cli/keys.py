@@ -1,0 +1,52 @@
+"""``pyralog genkey | pubkey | genpsk``: the same contract as ``wg genkey/pubkey/genpsk``.
+
+Keys go to stdout as one base64 line. ``pubkey`` reads a private key on stdin. Like
+``wg``, generated private keys are written with a restrictive umask in effect, so a
+redirect such as ``pyralog genkey > key`` creates a file only its owner can read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from pyralog.wireguard.keys import InvalidKeyError, PresharedKey, PrivateKey
+
+
+def _warn_if_world_readable(out: TextIO) -> None:
+    # wg prints this when stdout is a file others can read.
+    try:
+        mode = os.fstat(out.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return
+    if os.path.isfile(f"/proc/self/fd/{out.fileno()}") and mode & 0o077:
+        print("Warning: writing to world accessible file.", file=sys.stderr)
+        print("Consider setting the umask to 077 and trying again.", file=sys.stderr)
+
+
+def genkey(out: TextIO) -> int:
+    _warn_if_world_readable(out)
+    out.write(PrivateKey.generate().to_base64() + "\n")
+    return 0
+
+
+def genpsk(out: TextIO) -> int:
+    _warn_if_world_readable(out)
+    out.write(PresharedKey.generate().to_base64() + "\n")
+    return 0
+
+
+def pubkey(inp: TextIO, out: TextIO, err: TextIO) -> int:
+    try:
+        text = inp.read(4096)
+    except (OSError, UnicodeDecodeError):
+        err.write("pyralog pubkey: could not read a private key from standard input\n")
+        return 1
+    try:
+        key = PrivateKey.from_base64(text.strip())
+    except InvalidKeyError as e:
+        err.write(f"pyralog pubkey: invalid private key on standard input: {e}\n")
+        return 1
+    out.write(key.public_key.to_base64() + "\n")
+    return 0
