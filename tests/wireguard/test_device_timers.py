@@ -5,8 +5,9 @@ Each test asserts exactly which messages crossed the wire and when (``net.log``)
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from wgsim import A_EP, A_IP, B_EP, B_IP, Sent, ipv4_packet, ipv6_packet, make_pair
 
 from pyralog.wireguard import events as ev
 from pyralog.wireguard.constants import (
@@ -23,6 +24,8 @@ from pyralog.wireguard.constants import (
     ZERO_KEY_MATERIAL_AFTER,
 )
 from pyralog.wireguard.keys import PresharedKey
+
+from wgsim import A_EP, A_IP, B_EP, B_IP, Sent, ipv4_packet, ipv6_packet, make_pair
 
 INIT, RESP, COOKIE, DATA = 1, 2, 3, 4
 
@@ -262,7 +265,7 @@ def test_handshake_retries_every_rekey_timeout_then_gives_up() -> None:
     inits = [s for s in pair.net.log if s.src == A_EP]
     assert all(s.kind == INIT for s in inits)
     assert len(inits) == int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18 attempts
-    gaps = [b.time - a.time for a, b in zip(inits, inits[1:], strict=False)]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(inits)]
     assert all(REKEY_TIMEOUT <= g <= REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX for g in gaps)
     failed = [e for e in pair.a.events() if isinstance(e, ev.HandshakeFailed)]
     assert len(failed) == 1
@@ -345,7 +348,7 @@ def test_endpoint_roams_to_source_of_authenticated_packets() -> None:
     pair.net.devices[new_ep] = pair.a
     pair.net.delivered[new_ep] = []
     pair.a.send_packet(ipv4_packet(A_IP, B_IP, b"moved"), 0.0)
-    ((data, dst),) = pair.a.datagrams_to_send()
+    ((data, _dst),) = pair.a.datagrams_to_send()
     pair.b.receive_datagram(data, new_ep, 0.0)
     peer_a = pair.b.get_peer(pair.a_key.public_key)
     assert peer_a is not None and peer_a.endpoint == new_ep
