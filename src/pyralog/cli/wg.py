@@ -1,0 +1,165 @@
+"""``pyralog-wg``: a userspace WireGuard interface, a drop-in for ``wireguard-go``.
+
+    pyralog-wg [-f|--foreground] INTERFACE
+
+Creates the TUN interface, serves UAPI on /var/run/wireguard/INTERFACE.sock (so ``wg``
+and ``wg-quick`` manage it), and detaches once the interface is up unless ``-f`` is given
+or WG_PROCESS_FOREGROUND=1. LOG_LEVEL=debug|verbose|info|error|silent sets verbosity, as
+for wireguard-go; in the background, logs are kept (on stderr) only when LOG_LEVEL is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from pyralog import __version__
+
+DEFAULT_MTU = 1420
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "verbose": logging.DEBUG,
+    "info": logging.INFO,
+    "error": logging.ERROR,
+    "silent": None,
+}
+
+
+class StartupError(Exception):
+    """Why the interface could not come up; printed as one line, no traceback."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pyralog-wg",
+        description="Userspace WireGuard interface (drop-in for wireguard-go).",
+        epilog="Environment: WG_PROCESS_FOREGROUND=1 stays in the foreground; "
+        "LOG_LEVEL=debug|verbose|info|error|silent.",
+    )
+    parser.add_argument("-f", "--foreground", action="store_true", help="do not detach")
+    parser.add_argument("--version", action="version", version=f"pyralog-wg {__version__}")
+    parser.add_argument("interface", metavar="INTERFACE", help="name of the interface to create")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level_name: str | None, name: str) -> None:
+    level = LOG_LEVELS.get((level_name or "info").lower(), logging.INFO)
+    root = logging.getLogger("pyralog")
+    root.handlers.clear()
+    if level is None:
+        root.addHandler(logging.NullHandler())
+        root.propagate = False
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s pyralog-wg({name}) %(levelname)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 and root)
+    from pyralog.tunnel.linkwatch import LinkWatch
+    from pyralog.tunnel.runtime import Runtime
+    from pyralog.tunnel.tun import TunError, TunInterface, validate_interface_name
+    from pyralog.tunnel.uapi_server import UapiListener
+    from pyralog.tunnel.udp import UdpTransport
+    from pyralog.wireguard.device import Device
+
+    try:
+        validate_interface_name(name)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    try:
+        tun = TunInterface(name)
+    except TunError as e:
+        raise StartupError(e.strerror or str(e)) from None
+    closers = [tun.close]
+    try:
+        links = LinkWatch(tun.name)
+        closers.append(links.close)
+        if links.mtu != DEFAULT_MTU:
+            links.set_mtu(DEFAULT_MTU)
+        udp = UdpTransport(0)
+        closers.append(udp.close)
+        try:
+            uapi = UapiListener(tun.name)
+        except OSError as e:
+            raise StartupError(f"cannot create the UAPI socket: {e}") from None
+        device = Device(clock_offset=time.time() - time.monotonic())
+        return Runtime(device, tun, udp, uapi, links)
+    except StartupError:
+        for close in reversed(closers):
+            close()
+        raise
+    except OSError as e:
+        for close in reversed(closers):
+            close()
+        raise StartupError(f"cannot set up {name!r}: {e}") from None
+
+
+def _detach_stdio(keep_logs: bool) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    if not keep_logs:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    name = args.interface
+    foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    level_name = os.environ.get("LOG_LEVEL")
+    setup_logging(level_name, name)
+    log = logging.getLogger("pyralog.wg")
+
+    report_fd = -1
+    if not foreground:
+        # The parent waits until the child has the interface up (or failed), then exits
+        # with its status, so `wg-quick` can configure the interface right after we return.
+        read_fd, report_fd = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(report_fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                status = pipe.read().decode(errors="replace")
+            if status == "ok":
+                return 0
+            os.waitpid(pid, 0)
+            print(f"pyralog-wg: {status or 'the daemon exited during start-up'}", file=sys.stderr)
+            return 1
+        os.close(read_fd)
+        os.setsid()
+
+    try:
+        runtime = build_runtime(name)
+    except StartupError as e:
+        if report_fd >= 0:
+            os.write(report_fd, str(e).encode())
+            os._exit(1)
+        print(f"pyralog-wg: {e}", file=sys.stderr)
+        return 1
+
+    runtime.install_signal_handlers()
+    log.info("interface %s is up; UAPI socket %s", runtime.tun.name, runtime.uapi.path)
+    if report_fd >= 0:
+        keep_logs = bool(level_name) and level_name.lower() != "silent"
+        _detach_stdio(keep_logs)
+        os.write(report_fd, b"ok")
+        os.close(report_fd)
+    try:
+        reason = runtime.run()
+        log.info("shutting down: %s", reason)
+    finally:
+        runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The runtime around the sans-IO core: UDP sockets, Linux TUN, the UAPI socket, the daemon."""

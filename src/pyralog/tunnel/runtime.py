@@ -1,0 +1,250 @@
+"""The daemon's event loop: TUN, UDP, UAPI and link events around one Device.
+
+A single thread owns the Device, so the core needs no locks. One ``selectors`` loop
+waits on every file descriptor with a timeout of the Device's next deadline; each
+readable TUN or UDP descriptor is drained in a batch before the outputs are flushed.
+Per packet there is no logging and no allocation beyond the packet itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyralog.tunnel.linkwatch import LinkWatch
+from pyralog.tunnel.tun import TunInterface
+from pyralog.tunnel.uapi import format_endpoint, handle_request
+from pyralog.tunnel.uapi_server import UapiConnection, UapiListener
+from pyralog.tunnel.udp import UdpTransport
+from pyralog.wireguard import events as ev
+from pyralog.wireguard.device import Device
+
+log = logging.getLogger("pyralog.wg")
+
+BATCH = 256  # packets handled per readable descriptor before flushing outputs
+DROP_REPORT_INTERVAL = 10.0
+
+
+class Runtime:
+    """Implements ``uapi.Interface`` (listen port, fwmark) for the UAPI handler."""
+
+    def __init__(
+        self,
+        device: Device,
+        tun: TunInterface,
+        udp: UdpTransport,
+        uapi: UapiListener,
+        links: LinkWatch | None,
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.udp = udp
+        self.uapi = uapi
+        self.links = links
+        self._sel = selectors.DefaultSelector()
+        self._stopping = False
+        self._stop_reason = ""
+        self._connections: set[UapiConnection] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._last_drops: dict[str, int] = dict(device.drops)
+        self._last_drop_report = 0.0
+        if links is not None:
+            device.mtu = links.mtu
+
+    # -- uapi.Interface -----------------------------------------------------------------
+
+    def listen_port(self) -> int:
+        return self.udp.port
+
+    def set_listen_port(self, port: int) -> None:
+        for s in self.udp.sockets():
+            self._sel.unregister(s)
+        try:
+            self.udp.bind(port)
+        finally:
+            self._register_udp()
+        log.info("listening on UDP port %d", self.udp.port)
+
+    def fwmark(self) -> int:
+        return self.udp.fwmark
+
+    def set_fwmark(self, mark: int) -> None:
+        self.udp.set_fwmark(mark)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to exit; safe from a signal handler."""
+        self._stopping = True
+        self._stop_reason = reason
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: self.stop(signal.Signals(signum).name))
+
+    def _register_udp(self) -> None:
+        for s in self.udp.sockets():
+            self._sel.register(s, selectors.EVENT_READ, self._make_udp_reader(s))
+
+    def run(self) -> str:
+        """Serve until stopped. Returns why it stopped."""
+        sel = self._sel
+        sel.register(self.tun, selectors.EVENT_READ, self._on_tun)
+        self._register_udp()
+        sel.register(self.uapi, selectors.EVENT_READ, self._on_accept)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        if self.links is not None:
+            sel.register(self.links, selectors.EVENT_READ, self._on_link)
+        device = self.device
+        monotonic = time.monotonic
+        while not self._stopping:
+            deadline = device.next_deadline()
+            now = monotonic()
+            timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+            for key, _ in sel.select(timeout):
+                key.data()
+                if self._stopping:
+                    break
+            now = monotonic()
+            device.tick(now)
+            self._flush()
+            self._report(now)
+        return self._stop_reason
+
+    def close(self) -> None:
+        for conn in list(self._connections):
+            conn.close()
+        self._sel.close()
+        self.uapi.close()
+        self.udp.close()
+        if self.links is not None:
+            self.links.close()
+        self.tun.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _on_tun(self) -> None:
+        device, read = self.device, self.tun.read
+        now = time.monotonic()
+        for _ in range(BATCH):
+            packet = read()
+            if packet is None:
+                break
+            device.send_packet(packet, now)
+        self._flush()
+
+    def _make_udp_reader(self, sock: socket.socket) -> Callable[[], None]:
+        recvfrom = sock.recvfrom
+
+        def on_udp() -> None:
+            device = self.device
+            receive = device.receive_datagram
+            now = time.monotonic()
+            for _ in range(BATCH):
+                try:
+                    data, address = recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # e.g. ECONNREFUSED from an earlier send: nothing to read
+                receive(data, (address[0], address[1]), now)
+            self._flush()
+
+        return on_udp
+
+    def _flush(self) -> None:
+        device = self.device
+        send = self.udp.send
+        for data, endpoint in device.datagrams_to_send():
+            send(data, endpoint)
+        write = self.tun.write
+        for packet in device.packets_to_deliver():
+            write(packet)
+
+    def _on_accept(self) -> None:
+        conn = self.uapi.accept()
+        if conn is None:
+            return
+        self._connections.add(conn)
+        self._sel.register(conn, selectors.EVENT_READ, lambda: self._on_uapi(conn))
+
+    def _on_uapi(self, conn: UapiConnection) -> None:
+        for request in conn.read_requests():
+            reply, error = handle_request(request, self.device, self, time.monotonic())
+            if error is not None:
+                log.error("UAPI request refused: %s", error)
+            conn.send(reply)
+            if conn.closed:
+                break
+        self._flush()  # a set may have queued handshakes or keepalives
+        if conn.closed:
+            self._sel.unregister(conn)
+            self._connections.discard(conn)
+            conn.close()
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(64)
+
+    def _on_link(self) -> None:
+        assert self.links is not None
+        deleted, mtu = self.links.poll()
+        if deleted:
+            self.stop(f"interface {self.tun.name} was deleted")
+        elif mtu is not None:
+            log.info("MTU of %s is now %d", self.tun.name, mtu)
+            self.device.mtu = mtu
+
+    # -- reporting (off the hot path) ----------------------------------------------------
+
+    def _report(self, now: float) -> None:
+        for event in self.device.events():
+            _log_event(event)
+        if now - self._last_drop_report >= DROP_REPORT_INTERVAL and log.isEnabledFor(logging.DEBUG):
+            self._last_drop_report = now
+            drops = self.device.drops
+            changed = {
+                k: v - self._last_drops[k] for k, v in drops.items() if v != self._last_drops[k]
+            }
+            if changed:
+                log.debug("dropped in the last %ds: %s", int(DROP_REPORT_INTERVAL), changed)
+            self._last_drops = dict(drops)
+
+
+def _log_event(event: Any) -> None:
+    if isinstance(event, ev.HandshakeCompleted):
+        role = "initiated by us" if event.initiator else "initiated by peer"
+        log.info("peer %s: handshake completed (%s)", event.peer, role)
+    elif isinstance(event, ev.EndpointChanged):
+        log.info("peer %s: endpoint now %s", event.peer, format_endpoint(event.new))
+    elif isinstance(event, ev.HandshakeFailed):
+        log.info(
+            "peer %s: no handshake answer after %d attempts; dropped %d queued packets",
+            event.peer,
+            event.attempts,
+            event.dropped_packets,
+        )
+    elif isinstance(event, ev.SessionExpired):
+        log.debug("peer %s: session keys zeroed", event.peer)
+    elif isinstance(event, ev.PeerAdded):
+        log.info("peer %s: added", event.peer)
+    elif isinstance(event, ev.PeerRemoved):
+        log.info("peer %s: removed", event.peer)
+    elif isinstance(event, ev.UnknownPeerHandshake):
+        log.debug(
+            "ignored %d handshake(s) from unknown keys (latest %s)",
+            event.dropped_since_last,
+            event.public_key,
+        )
