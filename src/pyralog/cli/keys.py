@@ -1,13 +1,15 @@
 """``pyralog genkey | pubkey | genpsk``: the same contract as ``wg genkey/pubkey/genpsk``.
 
-Keys go to stdout as one base64 line. ``pubkey`` reads a private key on stdin. Like
-``wg``, generated private keys are written with a restrictive umask in effect, so a
-redirect such as ``pyralog genkey > key`` creates a file only its owner can read.
+Keys go to stdout as one base64 line. ``pubkey`` reads a private key on stdin; like
+``wg pubkey`` it allows trailing whitespace but nothing else around the key. Like ``wg``,
+the generators warn when stdout is a file other users can read (the shell created it
+before we ran, so warning is all we can do: ``umask 077`` first).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import TextIO
 
@@ -20,7 +22,7 @@ def _warn_if_world_readable(out: TextIO) -> None:
         mode = os.fstat(out.fileno()).st_mode
     except (OSError, ValueError, AttributeError):
         return
-    if os.path.isfile(f"/proc/self/fd/{out.fileno()}") and mode & 0o077:
+    if stat.S_ISREG(mode) and mode & stat.S_IRWXO:
         print("Warning: writing to world accessible file.", file=sys.stderr)
         print("Consider setting the umask to 077 and trying again.", file=sys.stderr)
 
@@ -44,7 +46,7 @@ def pubkey(inp: TextIO, out: TextIO, err: TextIO) -> int:
         err.write("pyralog pubkey: could not read a private key from standard input\n")
         return 1
     try:
-        key = PrivateKey.from_base64(text.strip())
+        key = PrivateKey.from_base64(text.rstrip())
     except InvalidKeyError as e:
         err.write(f"pyralog pubkey: invalid private key on standard input: {e}\n")
         return 1

@@ -6,6 +6,8 @@ Creates the TUN interface, serves UAPI on /var/run/wireguard/INTERFACE.sock (so 
 and ``wg-quick`` manage it), and detaches once the interface is up unless ``-f`` is given
 or WG_PROCESS_FOREGROUND=1. LOG_LEVEL=debug|verbose|info|error|silent sets verbosity, as
 for wireguard-go; in the background, logs are kept (on stderr) only when LOG_LEVEL is set.
+PYRALOG_FORCE_UNDER_LOAD=1 makes the interface answer every handshake with a cookie reply
+first, as it does under a handshake flood (for tests and for operators under attack).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         except OSError as e:
             raise StartupError(f"cannot create the UAPI socket: {e}") from None
         device = Device(clock_offset=time.time() - time.monotonic())
+        # Test and operations knob: demand cookies from every initiator, as under load.
+        device.force_under_load = os.environ.get("PYRALOG_FORCE_UNDER_LOAD") == "1"
         return Runtime(device, tun, udp, uapi, links)
     except StartupError:
         for close in reversed(closers):

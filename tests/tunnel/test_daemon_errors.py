@@ -1,0 +1,50 @@
+"""pyralog-wg refuses bad start-up conditions with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PYRALOG_WG = str(Path(sys.executable).with_name("pyralog-wg"))
+
+
+def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, **kwargs)
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """The command as an unprivileged user: drop to nobody when we are root."""
+    if os.geteuid() != 0:
+        return cmd
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to drop root privileges")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+
+
+def test_without_privileges_names_the_problem_and_points_to_embedded_mode() -> None:
+    result = run(unprivileged([PYRALOG_WG, "-f", "wgnopriv0"]))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pyralog-wg: ")
+    assert "CAP_NET_ADMIN" in lines[0] and "embedded mode" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_without_privileges_in_background_mode_reports_through_the_parent() -> None:
+    result = run(unprivileged([PYRALOG_WG, "wgnopriv1"]), env={**os.environ, "LOG_LEVEL": ""})
+    assert result.returncode == 1
+    assert "CAP_NET_ADMIN" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "thisnameiswaytoolong", "bad/name", "sp ace"])
+def test_invalid_interface_names(name: str) -> None:
+    result = run([PYRALOG_WG, "-f", name])
+    assert result.returncode != 0
+    assert "interface name" in result.stderr or "usage" in result.stderr
+    assert "Traceback" not in result.stderr
