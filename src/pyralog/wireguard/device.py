@@ -247,6 +247,7 @@ class Device:
             raise ConfigError(f"peer {public_key} is this device's own public key")
         if is_low_order(public_key.raw):
             raise InvalidKeyError(f"public key {public_key} is a low-order point")
+        _check_keepalive(persistent_keepalive)
         networks = [self._parse_network(n) for n in allowed_ips]
         peer = Peer(public_key, self._schedule, self._rng)
         peer.handshake.set_static_static(self.private_key)
@@ -292,8 +293,7 @@ class Device:
             self._send_initiation(peer, now, is_retry=False)
 
     def set_persistent_keepalive(self, public_key: PublicKey, interval: int, now: float) -> None:
-        if not 0 <= interval <= 65535:
-            raise ConfigError(f"persistent keepalive must be 0..65535 seconds, got {interval}")
+        _check_keepalive(interval)
         peer = self._require(public_key)
         previous = peer.timers.persistent_keepalive_interval
         peer.timers.set_persistent_keepalive(interval)
@@ -797,6 +797,11 @@ class Device:
 
 
 _MAX_ATTEMPTS = 18  # REKEY_ATTEMPT_TIME / REKEY_TIMEOUT
+
+
+def _check_keepalive(interval: int) -> None:
+    if not 0 <= interval <= 65535:
+        raise ConfigError(f"persistent keepalive must be 0..65535 seconds, got {interval}")
 
 
 def _padding(n: int, mtu: int) -> int:
