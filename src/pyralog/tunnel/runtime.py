@@ -146,29 +146,22 @@ class Runtime:
         self._flush()
 
     def _make_udp_reader(self, sock: socket.socket) -> Callable[[], None]:
-        recvfrom = sock.recvfrom
+        receive_many = self.udp.receive_many
 
         def on_udp() -> None:
-            device = self.device
-            receive = device.receive_datagram
+            receive = self.device.receive_datagram
             now = time.monotonic()
-            for _ in range(BATCH):
-                try:
-                    data, address = recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue  # e.g. ECONNREFUSED from an earlier send: nothing to read
-                receive(data, (address[0], address[1]), now)
+            for data, endpoint in receive_many(sock, BATCH):
+                receive(data, endpoint, now)
             self._flush()
 
         return on_udp
 
     def _flush(self) -> None:
         device = self.device
-        send = self.udp.send
-        for data, endpoint in device.datagrams_to_send():
-            send(data, endpoint)
+        datagrams = device.datagrams_to_send()
+        if datagrams:
+            self.udp.send_many(datagrams)
         write = self.tun.write
         for packet in device.packets_to_deliver():
             write(packet)
