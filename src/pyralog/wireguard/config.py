@@ -1,0 +1,204 @@
+"""wg-quick style configuration files: ``[Interface]`` and ``[Peer]`` sections.
+
+Parsing only (no IO beyond reading the text given): every error names the file, the line
+and the key, e.g. ``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not an IP network``.
+Keys that only wg-quick acts on (DNS, Table, PreUp, PostUp, ...) are accepted and kept in
+``Interface.extra`` so one file can serve both wg-quick and embedded mode.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from pyralog.wireguard.constants import DEFAULT_MTU
+from pyralog.wireguard.keys import InvalidKeyError, PresharedKey, PrivateKey, PublicKey
+
+WG_QUICK_ONLY = {"dns", "table", "preup", "postup", "predown", "postdown", "saveconfig", "fwmark"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class ConfigFileError(ValueError):
+    """A configuration file that cannot be used; the message names file, line and key."""
+
+
+@dataclass
+class PeerConfig:
+    public_key: PublicKey
+    preshared_key: PresharedKey | None = None
+    endpoint: tuple[str, int] | None = None  # host may be a name; resolve before use
+    allowed_ips: list[Network] = field(default_factory=list)
+    persistent_keepalive: int = 0
+    line: int = 0
+
+
+@dataclass
+class InterfaceConfig:
+    private_key: PrivateKey
+    addresses: list[IPInterface] = field(default_factory=list)
+    listen_port: int | None = None
+    mtu: int = DEFAULT_MTU
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    interface: InterfaceConfig
+    peers: list[PeerConfig]
+    path: str = "<config>"
+
+
+def _endpoint(value: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [IPv6]:PORT")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{value!r}: put IPv6 addresses in brackets, [addr]:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not 1-65535")
+    return host, int(port)
+
+
+def _int(value: str, low: int, high: int) -> int:
+    if not value.strip().isdigit() or not low <= int(value) <= high:
+        raise ValueError(f"{value!r} is not a number from {low} to {high}")
+    return int(value)
+
+
+def _list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    interface: dict[str, tuple[str, int]] = {}
+    peers: list[dict[str, tuple[str, int]]] = []
+    section: dict[str, tuple[str, int]] | None = None
+    interface_line = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            name = line.strip("[]").strip().lower()
+            if not line.endswith("]") or name not in ("interface", "peer"):
+                raise ConfigFileError(f"{path}:{number}: unknown section {line!r}")
+            if name == "interface":
+                if interface_line:
+                    raise ConfigFileError(
+                        f"{path}:{number}: second [Interface] (first at line {interface_line})"
+                    )
+                interface_line = number
+                section = interface
+            else:
+                section = {"__line__": ("", number)}
+                peers.append(section)
+            continue
+        if section is None:
+            raise ConfigFileError(f"{path}:{number}: {line!r} is outside any section")
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigFileError(f"{path}:{number}: expected Key = Value, got {line!r}")
+        key = key.strip().lower()
+        value = value.strip()
+        if key in section and key not in ("address", "allowedips", "dns"):
+            raise ConfigFileError(f"{path}:{number}: {key} given twice in one section")
+        if key in section:  # list keys may repeat: join them
+            value = section[key][0] + "," + value
+        section[key] = (value, number)
+    if not interface_line:
+        raise ConfigFileError(f"{path}: no [Interface] section")
+    return Config(_interface(interface, path), [_peer(p, path) for p in peers], path)
+
+
+def _field(path: str, line: int, key: str, error: Exception) -> ConfigFileError:
+    return ConfigFileError(f"{path}:{line}: {key}: {error}")
+
+
+def _interface(values: dict[str, tuple[str, int]], path: str) -> InterfaceConfig:
+    if "privatekey" not in values:
+        raise ConfigFileError(f"{path}: [Interface] has no PrivateKey")
+    value, line = values["privatekey"]
+    try:
+        result = InterfaceConfig(PrivateKey.from_base64(value))
+    except InvalidKeyError as e:
+        raise _field(path, line, "PrivateKey", e) from None
+    for key, (value, line) in values.items():
+        try:
+            if key == "privatekey":
+                continue
+            if key == "address":
+                result.addresses = [ipaddress.ip_interface(a) for a in _list(value)]
+            elif key == "listenport":
+                result.listen_port = _int(value, 0, 65535)
+            elif key == "mtu":
+                result.mtu = _int(value, 1280, 65535)
+            elif key in WG_QUICK_ONLY:
+                result.extra[key] = value
+            else:
+                raise ValueError("unknown key in [Interface]")
+        except ValueError as e:
+            raise _field(path, line, _name(key), e) from None
+    return result
+
+
+def _peer(values: dict[str, tuple[str, int]], path: str) -> PeerConfig:
+    section_line = values.pop("__line__")[1]
+    if "publickey" not in values:
+        raise ConfigFileError(f"{path}:{section_line}: [Peer] has no PublicKey")
+    value, line = values["publickey"]
+    try:
+        peer = PeerConfig(PublicKey.from_base64(value), line=section_line)
+    except InvalidKeyError as e:
+        raise _field(path, line, "PublicKey", e) from None
+    for key, (value, line) in values.items():
+        try:
+            if key == "publickey":
+                continue
+            if key == "presharedkey":
+                peer.preshared_key = PresharedKey.from_base64(value)
+            elif key == "endpoint":
+                peer.endpoint = _endpoint(value)
+            elif key == "allowedips":
+                peer.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in _list(value)]
+            elif key == "persistentkeepalive":
+                peer.persistent_keepalive = 0 if value == "off" else _int(value, 0, 65535)
+            else:
+                raise ValueError("unknown key in [Peer]")
+        except ValueError as e:  # InvalidKeyError is a ValueError
+            raise _field(path, line, _name(key), e) from None
+    return peer
+
+
+_NAMES = {
+    "privatekey": "PrivateKey",
+    "address": "Address",
+    "listenport": "ListenPort",
+    "mtu": "MTU",
+    "publickey": "PublicKey",
+    "presharedkey": "PresharedKey",
+    "endpoint": "Endpoint",
+    "allowedips": "AllowedIPs",
+    "persistentkeepalive": "PersistentKeepalive",
+}
+
+
+def _name(key: str) -> str:
+    return _NAMES.get(key, key)
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigFileError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not a UTF-8 text file") from None
+    return parse(text, path)
