@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import keys
+from pyralog.cli import forward, keys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "pubkey", help="read a private key on stdin, print its public key, like `wg pubkey`"
     )
+    forward.add_parser(sub)
     return parser
 
 
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys.genpsk(sys.stdout)
         if args.command == "pubkey":
             return keys.pubkey(sys.stdin, sys.stdout, sys.stderr)
+        if args.command == "forward":
+            return forward.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
