@@ -14,6 +14,7 @@ library's::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import time
@@ -27,6 +28,7 @@ from pyralog.wireguard.config import Config
 from pyralog.wireguard.device import Device
 
 STREAM_LIMIT = 2**16
+SOCKET_BUFFER = 4 * 1024 * 1024
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
@@ -131,6 +133,11 @@ class EmbeddedTunnel:
         except OSError:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("0.0.0.0", port))
+        # Bursts from a fast sender outrun one Python thread; a deep buffer (up to what the
+        # system allows unprivileged, net.core.rmem_max) absorbs them instead of dropping.
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         sock.setblocking(False)
         return sock
 

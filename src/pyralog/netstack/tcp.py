@@ -593,8 +593,11 @@ class TcpConnection:
             return
         advertised = seq_diff(self._rcv_adv, self.rcv_nxt)
         available = self._receive_window()
-        # Receiver silly-window avoidance: announce only a worthwhile opening.
-        if available - advertised >= min(self.receive_buffer_size // 2, self.local_mss):
+        # Announce an opening only when it matters to the sender: the window it knows has
+        # become small, and reading has freed a worthwhile amount (receiver SWS avoidance,
+        # RFC 9293 3.8.6.2.2). Otherwise the next ACK carries the new window anyway.
+        worthwhile = min(self.receive_buffer_size // 2, 2 * self.local_mss)
+        if advertised < self.receive_buffer_size // 2 and available - advertised >= worthwhile:
             self._send_ack()
 
     # -- sending -----------------------------------------------------------------------
