@@ -97,7 +97,10 @@ def parse_endpoint(value: str) -> tuple[str, int]:
         raise _invalid(f"endpoint {value!r}: {address!r} is not an IP address") from None
     if value.startswith("[") != (parsed.version == 6):
         raise _invalid(f"endpoint {value!r}: IPv6 addresses go in brackets")
-    return host if parsed.version == 6 else str(parsed), _int("endpoint port", port, 1, 65535)
+    # Canonical spelling, as the kernel reports sources: roaming compares endpoints as text.
+    scope = host.partition("%")[2]
+    canonical = f"{parsed}%{scope}" if scope else str(parsed)
+    return canonical, _int("endpoint port", port, 1, 65535)
 
 
 def format_endpoint(endpoint: tuple[str, int]) -> str:
