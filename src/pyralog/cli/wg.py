@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     name = args.interface
     foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
     level_name = os.environ.get("LOG_LEVEL")
-    setup_logging(level_name, name)
+    # Detached without LOG_LEVEL, like wireguard-go: say nothing (start-up errors still
+    # reach the caller through the parent).
+    setup_logging(level_name if foreground or level_name else "silent", name)
     log = logging.getLogger("pyralog.wg")
 
     report_fd = -1
