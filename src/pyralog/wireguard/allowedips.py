@@ -60,7 +60,8 @@ class _Trie(Generic[T]):
         else:
             parent.child[direction] = node
 
-    def insert(self, key: int, cidr: int, value: T) -> None:
+    def insert(self, key: int, cidr: int, value: T) -> T | None:
+        """Map the prefix to ``value``; return the value it replaces, if any."""
         width = self.width
         shift = width - cidr
         key = key >> shift << shift
@@ -73,10 +74,11 @@ class _Trie(Generic[T]):
             if common == node.cidr:
                 if cidr == node.cidr:
                     # Same prefix: (re)assign, which also turns a branch point into an entry.
-                    if node.value is None:
+                    previous = node.value
+                    if previous is None:
                         self.count += 1
                     node.value = value
-                    return
+                    return previous
                 parent, direction = node, (key >> (node.shift - 1)) & 1
                 node = node.child[direction]
                 continue
@@ -90,11 +92,13 @@ class _Trie(Generic[T]):
             above.child[(node.key >> (above.shift - 1)) & 1] = node
             self._replace(parent, direction, above)
             self.count += 1
-            return
+            return None
         self._replace(parent, direction, _Node(key, cidr, width, value))
         self.count += 1
+        return None
 
-    def remove(self, key: int, cidr: int) -> bool:
+    def remove(self, key: int, cidr: int) -> T | None:
+        """Remove exactly this prefix; return the value it held (None: not present)."""
         shift = self.width - cidr
         key = key >> shift << shift
         # Grandparent and parent links are all that pruning needs.
@@ -105,23 +109,24 @@ class _Trie(Generic[T]):
         node = self.root
         while node is not None and node.cidr < cidr:
             if (key ^ node.key) >> node.shift:
-                return False
+                return None
             grandparent, grand_dir = parent, direction
             parent, direction = node, (key >> (node.shift - 1)) & 1
             node = node.child[direction]
         if node is None or node.cidr != cidr or node.key != key or node.value is None:
-            return False
+            return None
+        removed = node.value
         node.value = None
         self.count -= 1
         left, right = node.child
         if left is not None and right is not None:
-            return True  # still needed as a branch point
+            return removed  # still needed as a branch point
         only = left if left is not None else right
         self._replace(parent, direction, only)
         if only is None and parent is not None and parent.value is None:
             # The parent was a branch point and has one child left: splice it out too.
             self._replace(grandparent, grand_dir, parent.child[1 - direction])
-        return True
+        return removed
 
     def walk(self) -> Iterator[_Node[T]]:
         """Pre-order, left first: yields nodes sorted by (address, prefix length)."""
@@ -140,11 +145,14 @@ class AllowedIPs(Generic[T]):
     Values are compared by identity and must not be ``None`` (``None`` means "no route").
     """
 
-    __slots__ = ("_v4", "_v6")
+    __slots__ = ("_by_value", "_v4", "_v6")
 
     def __init__(self) -> None:
         self._v4: _Trie[T] = _Trie(32)
         self._v6: _Trie[T] = _Trie(128)
+        # id(value) -> (value, its prefixes as (version, key, cidr)): makes entries() and
+        # remove_value() proportional to one peer's prefixes, not to the whole table.
+        self._by_value: dict[int, tuple[T, set[tuple[int, int, int]]]] = {}
 
     def _prefix(self, network: NetworkLike) -> tuple[_Trie[T], int, int]:
         if isinstance(network, str):
@@ -160,23 +168,38 @@ class AllowedIPs(Generic[T]):
         if value is None:
             raise TypeError("value must not be None")
         trie, key, cidr = self._prefix(network)
-        trie.insert(key, cidr, value)
+        entry = (trie.width, key >> (trie.width - cidr) << (trie.width - cidr), cidr)
+        previous = trie.insert(key, cidr, value)
+        if previous is not None and previous is not value:
+            self._unindex(previous, entry)
+        self._by_value.setdefault(id(value), (value, set()))[1].add(entry)
+
+    def _unindex(self, value: T, entry: tuple[int, int, int]) -> None:
+        held = self._by_value.get(id(value))
+        if held is not None:
+            held[1].discard(entry)
+            if not held[1]:
+                del self._by_value[id(value)]
 
     def remove(self, network: NetworkLike) -> bool:
         """Remove exactly this prefix; return whether it was present."""
         trie, key, cidr = self._prefix(network)
-        return trie.remove(key, cidr)
+        removed = trie.remove(key, cidr)
+        if removed is None:
+            return False
+        self._unindex(
+            removed, (trie.width, key >> (trie.width - cidr) << (trie.width - cidr), cidr)
+        )
+        return True
 
     def remove_value(self, value: T) -> int:
         """Remove every prefix mapped to ``value`` (by identity); return how many."""
-        removed = 0
-        for trie in (self._v4, self._v6):
-            # Collect first: removing reshapes the trie under the walk.
-            doomed = [(n.key, n.cidr) for n in trie.walk() if n.value is value]
-            for key, cidr in doomed:
-                trie.remove(key, cidr)
-            removed += len(doomed)
-        return removed
+        held = self._by_value.pop(id(value), None)
+        if held is None or held[0] is not value:
+            return 0
+        for width, key, cidr in held[1]:
+            (self._v4 if width == 32 else self._v6).remove(key, cidr)
+        return len(held[1])
 
     def lookup(self, address: AddressLike) -> T | None:
         """Return the value of the longest prefix containing ``address``, or ``None``.
@@ -217,7 +240,13 @@ class AllowedIPs(Generic[T]):
 
     def entries(self, value: T) -> list[Network]:
         """Prefixes mapped to ``value``: IPv4 first, then by address and prefix length."""
-        return [network for network, v in self.items() if v is value]
+        held = self._by_value.get(id(value))
+        if held is None or held[0] is not value:
+            return []
+        return [
+            IPv4Network((key, cidr)) if width == 32 else IPv6Network((key, cidr))
+            for width, key, cidr in sorted(held[1])
+        ]
 
     def items(self) -> Iterator[tuple[Network, T]]:
         """Iterate over (network, value) in ``entries`` order; a snapshot, safe to mutate."""
@@ -234,6 +263,7 @@ class AllowedIPs(Generic[T]):
     def clear(self) -> None:
         self._v4 = _Trie(32)
         self._v6 = _Trie(128)
+        self._by_value.clear()
 
     def _node_count(self) -> int:
         """Nodes in both tries, branch points included (for tests of pruning)."""
