@@ -124,10 +124,10 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.transport.abort()
 
 
-async def _splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> None:
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _splice(a: Streams, b: Streams) -> None:
     try:
         await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
     finally:
@@ -140,6 +140,27 @@ class Forwarder:
         self.tunnel = tunnel
         self._servers: list[Any] = []
         self._relays: list[_UdpRelay] = []
+        # Connection tasks must be referenced: after a client's half-close nothing else
+        # holds them, and the garbage collector would destroy a live connection.
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _handler(
+        self, what: str, connect: Callable[[], Awaitable[Streams]]
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            try:
+                other = await asyncio.wait_for(connect(), 30)
+            except (TimeoutError, OSError) as e:
+                log.warning("%s: cannot connect: %s", what, e)
+                writer.transport.abort()
+                return
+            await _splice((reader, writer), other)
+
+        return handle
 
     async def add_forward(self, fwd: Forward) -> None:
         loop = asyncio.get_running_loop()
@@ -159,17 +180,9 @@ class Forwarder:
             self._relays.append(relay)
             return
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                remote = await asyncio.wait_for(
-                    self.tunnel.open_connection(fwd.target_host, fwd.target_port), 30
-                )
-            except (TimeoutError, OSError) as e:
-                log.warning("%s: cannot reach %s:%d: %s", fwd, fwd.target_host, fwd.target_port, e)
-                writer.close()
-                return
-            await _splice((reader, writer), remote)
-
+        handle = self._handler(
+            str(fwd), lambda: self.tunnel.open_connection(fwd.target_host, fwd.target_port)
+        )
         server = await asyncio.start_server(handle, fwd.listen_host, fwd.listen_port)
         self._servers.append(server)
 
@@ -189,17 +202,9 @@ class Forwarder:
             self._relays.append(relay)
             return
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                local = await asyncio.wait_for(
-                    asyncio.open_connection(fwd.target_host, fwd.target_port), 30
-                )
-            except (TimeoutError, OSError) as e:
-                log.warning("reverse %s: cannot reach local service: %s", fwd, e)
-                writer.transport.abort()
-                return
-            await _splice((reader, writer), local)
-
+        handle = self._handler(
+            f"reverse {fwd}", lambda: asyncio.open_connection(fwd.target_host, fwd.target_port)
+        )
         server = await self.tunnel.start_server(handle, port=fwd.listen_port)
         self._servers.append(server)
 
@@ -208,6 +213,8 @@ class Forwarder:
             server.close()
         for relay in self._relays:
             relay.close()
+        for task in list(self._tasks):
+            task.cancel()
 
 
 class _Back(asyncio.DatagramProtocol):

@@ -76,11 +76,17 @@ def _list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+REPEATABLE = {"address", "allowedips", "dns", "preup", "postup", "predown", "postdown"}
+
+# key (lower case) -> every (value, line, key as written) given for it in one section
+Section = dict[str, list[tuple[str, int, str]]]
+
+
 def parse(text: str, path: str = "<config>") -> Config:
-    interface: dict[str, tuple[str, int]] = {}
-    peers: list[dict[str, tuple[str, int]]] = []
-    section: dict[str, tuple[str, int]] | None = None
+    interface: Section | None = None
     interface_line = 0
+    peers: list[tuple[Section, int]] = []
+    section: Section | None = None
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -89,108 +95,101 @@ def parse(text: str, path: str = "<config>") -> Config:
             name = line.strip("[]").strip().lower()
             if not line.endswith("]") or name not in ("interface", "peer"):
                 raise ConfigFileError(f"{path}:{number}: unknown section {line!r}")
+            section = {}
             if name == "interface":
-                if interface_line:
+                if interface is not None:
                     raise ConfigFileError(
                         f"{path}:{number}: second [Interface] (first at line {interface_line})"
                     )
-                interface_line = number
-                section = interface
+                interface, interface_line = section, number
             else:
-                section = {"__line__": ("", number)}
-                peers.append(section)
+                peers.append((section, number))
             continue
         if section is None:
             raise ConfigFileError(f"{path}:{number}: {line!r} is outside any section")
         key, sep, value = line.partition("=")
         if not sep:
             raise ConfigFileError(f"{path}:{number}: expected Key = Value, got {line!r}")
-        key = key.strip().lower()
-        value = value.strip()
-        if key in section and key not in ("address", "allowedips", "dns"):
-            raise ConfigFileError(f"{path}:{number}: {key} given twice in one section")
-        if key in section:  # list keys may repeat: join them
-            value = section[key][0] + "," + value
-        section[key] = (value, number)
-    if not interface_line:
+        written = key.strip()
+        key = written.lower()
+        if key in section and key not in REPEATABLE:
+            first = section[key][0][1]
+            raise ConfigFileError(
+                f"{path}:{number}: {written} given twice in one section (first at line {first})"
+            )
+        section.setdefault(key, []).append((value.strip(), number, written))
+    if interface is None:
         raise ConfigFileError(f"{path}: no [Interface] section")
-    return Config(_interface(interface, path), [_peer(p, path) for p in peers], path)
+    return Config(
+        _interface(interface, interface_line, path),
+        [_peer(values, line, path) for values, line in peers],
+        path,
+    )
 
 
 def _field(path: str, line: int, key: str, error: Exception) -> ConfigFileError:
     return ConfigFileError(f"{path}:{line}: {key}: {error}")
 
 
-def _interface(values: dict[str, tuple[str, int]], path: str) -> InterfaceConfig:
+def _interface(values: Section, section_line: int, path: str) -> InterfaceConfig:
     if "privatekey" not in values:
-        raise ConfigFileError(f"{path}: [Interface] has no PrivateKey")
-    value, line = values["privatekey"]
+        raise ConfigFileError(f"{path}:{section_line}: [Interface] has no PrivateKey")
+    value, line, written = values["privatekey"][0]
     try:
         result = InterfaceConfig(PrivateKey.from_base64(value))
     except InvalidKeyError as e:
-        raise _field(path, line, "PrivateKey", e) from None
-    for key, (value, line) in values.items():
-        try:
-            if key == "privatekey":
-                continue
-            if key == "address":
-                result.addresses = [ipaddress.ip_interface(a) for a in _list(value)]
-            elif key == "listenport":
-                result.listen_port = _int(value, 0, 65535)
-            elif key == "mtu":
-                result.mtu = _int(value, 1280, 65535)
-            elif key in WG_QUICK_ONLY:
-                result.extra[key] = value
-            else:
-                raise ValueError("unknown key in [Interface]")
-        except ValueError as e:
-            raise _field(path, line, _name(key), e) from None
+        raise _field(path, line, written, e) from None
+    for key, entries in values.items():
+        for value, line, written in entries:
+            try:
+                if key == "privatekey":
+                    continue
+                if key == "address":
+                    result.addresses += [ipaddress.ip_interface(a) for a in _list(value)]
+                elif key == "listenport":
+                    result.listen_port = _int(value, 0, 65535)
+                elif key == "mtu":
+                    result.mtu = _int(value, 1280, 65535)
+                elif key in WG_QUICK_ONLY:
+                    old = result.extra.get(key)
+                    # DNS is a list, hooks are commands run in order.
+                    joiner = ", " if key == "dns" else "\n"
+                    result.extra[key] = value if old is None else f"{old}{joiner}{value}"
+                else:
+                    raise ValueError("unknown key in [Interface]")
+            except ValueError as e:
+                raise _field(path, line, written, e) from None
     return result
 
 
-def _peer(values: dict[str, tuple[str, int]], path: str) -> PeerConfig:
-    section_line = values.pop("__line__")[1]
+def _peer(values: Section, section_line: int, path: str) -> PeerConfig:
     if "publickey" not in values:
         raise ConfigFileError(f"{path}:{section_line}: [Peer] has no PublicKey")
-    value, line = values["publickey"]
+    value, line, written = values["publickey"][0]
     try:
         peer = PeerConfig(PublicKey.from_base64(value), line=section_line)
     except InvalidKeyError as e:
-        raise _field(path, line, "PublicKey", e) from None
-    for key, (value, line) in values.items():
-        try:
-            if key == "publickey":
-                continue
-            if key == "presharedkey":
-                peer.preshared_key = PresharedKey.from_base64(value)
-            elif key == "endpoint":
-                peer.endpoint = _endpoint(value)
-            elif key == "allowedips":
-                peer.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in _list(value)]
-            elif key == "persistentkeepalive":
-                peer.persistent_keepalive = 0 if value == "off" else _int(value, 0, 65535)
-            else:
-                raise ValueError("unknown key in [Peer]")
-        except ValueError as e:  # InvalidKeyError is a ValueError
-            raise _field(path, line, _name(key), e) from None
+        raise _field(path, line, written, e) from None
+    for key, entries in values.items():
+        for value, line, written in entries:
+            try:
+                if key == "publickey":
+                    continue
+                if key == "presharedkey":
+                    peer.preshared_key = PresharedKey.from_base64(value)
+                elif key == "endpoint":
+                    peer.endpoint = _endpoint(value)
+                elif key == "allowedips":
+                    peer.allowed_ips += [
+                        ipaddress.ip_network(n, strict=False) for n in _list(value)
+                    ]
+                elif key == "persistentkeepalive":
+                    peer.persistent_keepalive = 0 if value == "off" else _int(value, 0, 65535)
+                else:
+                    raise ValueError("unknown key in [Peer]")
+            except ValueError as e:  # InvalidKeyError is a ValueError
+                raise _field(path, line, written, e) from None
     return peer
-
-
-_NAMES = {
-    "privatekey": "PrivateKey",
-    "address": "Address",
-    "listenport": "ListenPort",
-    "mtu": "MTU",
-    "publickey": "PublicKey",
-    "presharedkey": "PresharedKey",
-    "endpoint": "Endpoint",
-    "allowedips": "AllowedIPs",
-    "persistentkeepalive": "PersistentKeepalive",
-}
-
-
-def _name(key: str) -> str:
-    return _NAMES.get(key, key)
 
 
 def load(path: str) -> Config:
