@@ -21,6 +21,7 @@ import time
 from pyralog import __version__
 
 DEFAULT_MTU = 1420
+TX_QUEUE_PACKETS = 64
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "verbose": logging.DEBUG,
@@ -86,6 +87,9 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         closers.append(links.close)
         if links.mtu != DEFAULT_MTU:
             links.set_mtu(DEFAULT_MTU)
+        # A short kernel queue in front of the interface: we drain it as fast as we can, so
+        # a long one only holds a bulk sender's backlog and delays everything behind it.
+        links.set_txqueuelen(TX_QUEUE_PACKETS)
         udp = UdpTransport(0)
         closers.append(udp.close)
         try:

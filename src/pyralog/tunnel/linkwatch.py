@@ -22,6 +22,9 @@ class LinkWatch:
     def fileno(self) -> int:
         return self._ipr.fileno()
 
+    def set_txqueuelen(self, packets: int) -> None:
+        self._ipr.link("set", index=self.index, txqlen=packets)
+
     def set_mtu(self, mtu: int) -> None:
         self._ipr.link("set", index=self.index, mtu=mtu)
         self.mtu = mtu

@@ -17,7 +17,7 @@ import socket
 import struct
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
-SOCKET_BUFFER = 4 * 1024 * 1024
+SOCKET_BUFFER = 1024 * 1024
 UDP_SEGMENT = 103  # linux/udp.h
 UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64

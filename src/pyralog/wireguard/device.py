@@ -190,6 +190,10 @@ class Device:
         self._out_packets = []
         return out
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def events(self) -> list[ev.Event]:
         out = list(self._events)
         self._events.clear()
