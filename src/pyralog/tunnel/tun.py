@@ -18,8 +18,8 @@ IFF_NO_PI = 0x1000
 IFNAMSIZ = 16
 TUN_PATH = "/dev/net/tun"
 EMBEDDED_HINT = (
-    "creating a network interface needs root or CAP_NET_ADMIN; without them, run "
-    "WireGuard inside your process instead (embedded mode, see the README's 'Without root')"
+    "creating a network interface needs root or CAP_NET_ADMIN; without them, use "
+    "embedded mode: `pyralog forward` (README, 'Without root')"
 )
 
 
