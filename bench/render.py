@@ -110,6 +110,32 @@ def core_table(res: dict) -> str:
     return _md_table(header, rows, ["l", "l", "r", "r", "r", "l"])
 
 
+def embedded_table(res: dict) -> str | None:
+    """Embedded mode against kernel TCP over wireguard-go; None if the run has no such data."""
+    rows_in = (res.get("embedded") or {}).get("rows") or []
+    if not rows_in:
+        return None
+    header = [
+        "Measure",
+        "pyralog forward (embedded)",
+        "kernel TCP over wireguard-go",
+        "embedded ÷ kernel",
+    ]
+    rows = []
+    for row in rows_in:
+        better = "↑" if row["better"] == "higher" else "↓"
+        cells = [f"{row['label']} ({row['unit']}, {better})"]
+        for path in ("embedded", "kernel"):
+            text = fmt(row.get(path), row["unit"])
+            lo_hi = (row.get("spread") or {}).get(path)
+            if lo_hi and None not in lo_hi and lo_hi[0] != lo_hi[1]:
+                text += f" [{fmt(lo_hi[0], row['unit'])}-{fmt(lo_hi[1], row['unit'])}]"
+            cells.append(text)
+        cells.append(f"**{fmt_ratio(row.get('ratio'))}**")
+        rows.append(cells)
+    return _md_table(header, rows)
+
+
 def machine_table(res: dict) -> str:
     m = res["machine"]
     s = res["settings"]
@@ -178,12 +204,22 @@ def headline(res: dict) -> str:
         r = _impl(res, key)
         if r and r["ratio"] is not None:
             parts.append(f"{label} {fmt_ratio(r['ratio'])}")
+    emb = (res.get("embedded") or {}).get("throughput_ratio") or {}
+    emb_text = ""
+    if any(v is not None for v in emb.values()):
+        emb_text = (
+            "Embedded mode (`pyralog forward`, WireGuard and TCP/IP in one process) moves "
+            f"TCP at **{fmt_ratio(emb.get('forward'))}** (E→K) and "
+            f"**{fmt_ratio(emb.get('reverse'))}** (K→E) of the kernel's TCP over "
+            "wireguard-go on the same path."
+        )
     if not parts:
-        return "No comparable figures in this run (see the errors below)."
-    return (
+        return emb_text or "No comparable figures in this run (see the errors below)."
+    text = (
         "In this run, pyralog-wg against wireguard-go (ratio = pyralog-wg ÷ wireguard-go, "
         "same run; ↑ higher is better, ↓ lower is better): " + "; ".join(parts) + "."
     )
+    return f"{text} {emb_text}" if emb_text else text
 
 
 def run_time_note(res: dict) -> str:
@@ -357,6 +393,20 @@ MEANINGS = """\
   packets/s for 64-byte packets): below 1x, the core alone could not keep up.
 """
 
+EMBEDDED_MEANING = """\
+- **Embedded mode (`pyralog forward`) vs kernel TCP over wireguard-go**: namespace K runs
+  wireguard-go and an iperf3 server on its tunnel address; in namespace E, iperf3 runs
+  {tcp_runs} run(s) of {tcp_seconds} s per direction (E→K: the client sends; K→E:
+  `iperf3 -R`) either to K's tunnel address through a second wireguard-go interface
+  (the kernel does TCP: the reference), or to `127.0.0.1`, where
+  `pyralog forward {forward_spec}` takes the connections (iperf3's control and data
+  connections) and carries them across the tunnel with its own userspace TCP/IP stack;
+  K's wireguard-go serves both. Median [min-max]; the ratio is
+  embedded ÷ kernel. *CPU per GB, E side* is the forwarder's utime + stime (WireGuard,
+  TCP/IP and the local sockets) against E's wireguard-go's (WireGuard only: the kernel's
+  TCP work is not counted), per GB received.
+"""
+
 
 def render_markdown(res: dict, png_name: str | None) -> str:
     s = res["settings"]
@@ -376,7 +426,8 @@ def render_markdown(res: dict, png_name: str | None) -> str:
         "scripts/bench.sh            # installs what is missing, runs everything, renders",
         "scripts/bench.sh --quick    # a ~2-minute smoke run",
         "# or step by step:",
-        ".venv/bin/python bench/run.py [--quick] [--only core,pairs,handshake,memory] \\",
+        ".venv/bin/python bench/run.py [--quick] \\",
+        "    [--only core,pairs,embedded,handshake,memory] \\",
         "    [--out docs/benchmarks.json]",
         ".venv/bin/python bench/render.py docs/benchmarks.json",
         ".venv/bin/python bench/core.py     # the core micro-benchmark alone, no root",
@@ -413,9 +464,25 @@ def render_markdown(res: dict, png_name: str | None) -> str:
         "",
         core_table(res),
         "",
+    ]
+    emb_table = embedded_table(res)
+    if emb_table:
+        out += [
+            "### Embedded mode (pyralog forward) vs kernel TCP over wireguard-go",
+            "",
+            "Each cell: median [min-max over runs]; the last column is embedded ÷ kernel.",
+            "",
+            emb_table,
+            "",
+        ]
+    meanings = MEANINGS.format(**s)
+    if emb_table:  # one more item of the same list
+        spec = res["embedded"].get("forward_spec", "127.0.0.1:PORT:K_TUNNEL_IP:5201")
+        meanings += EMBEDDED_MEANING.format(forward_spec=spec, **s)
+    out += [
         "## What each measure means",
         "",
-        MEANINGS.format(**s),
+        meanings,
         "## Notes",
         "",
     ]

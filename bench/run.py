@@ -12,6 +12,10 @@ py-go (both directions):
   and loss;
 - ping round trip p50/p99, idle and while an iperf3 TCP stream runs the same way;
 
+then embedded mode (bench/embedded.py): TCP throughput through ``pyralog forward``
+(WireGuard and a userspace TCP/IP stack in one process) against kernel TCP over
+wireguard-go on the same path, both directions, and the forwarder's CPU seconds per GB;
+
 then, per implementation:
 
 - handshakes per second a responder completes (bench/hsload.py: many initiator
@@ -52,6 +56,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import core  # noqa: E402
+import embedded  # noqa: E402
 import hsload  # noqa: E402
 from lab import LONG_NAMES, CommandError, Daemon, Lab, reap_stale, run  # noqa: E402
 
@@ -580,6 +585,47 @@ def measure_pairs(s: Settings, results: dict, errors: list[str]) -> None:
     results["pairs"] = raw
 
 
+# -- embedded mode ------------------------------------------------------------------------
+
+
+def measure_embedded(s: Settings, results: dict, errors: list[str]) -> None:
+    """``pyralog forward`` against kernel TCP over wireguard-go (see bench/embedded.py)."""
+    raw: dict = {
+        "forward_spec": embedded.FORWARD_SPEC,
+        "forwarder_user": "root",
+        "tunnel_addresses": dict(embedded.TUNNEL),
+        "runs": {p: {d: [] for d in embedded.DIRECTIONS} for p in embedded.PATHS},
+    }
+    with Lab() as lab:
+        log("building embedded set-up (wireguard-go in K; wireguard-go and pyralog forward in E)")
+        setup = attempt(errors, "set-up of embedded", embedded.build, lab)
+        if setup is not None:
+            for r in range(s.tcp_runs):  # interleaved: run r of both paths and directions
+                for direction in embedded.DIRECTIONS:
+                    arrow = embedded.DIRECTION_LABELS[direction]
+                    for path in embedded.PATHS:
+                        log(f"TCP {path} {arrow} run {r + 1}/{s.tcp_runs}")
+                        res = attempt(
+                            errors,
+                            f"embedded: TCP {path} {arrow}",
+                            embedded.tcp_run,
+                            setup,
+                            path,
+                            direction,
+                            s.tcp_seconds,
+                        )
+                        if res is not None:
+                            raw["runs"][path][direction].append(res)
+                            log(
+                                f"  {res['bits_per_second'] / 1e6:,.0f} Mbit/s, "
+                                f"{_fmt(res['cpu_seconds_per_gb_e'])} CPU s/GB (E side)"
+                            )
+                        time.sleep(0.5)
+            raw["forwarder_rss_bytes_after"] = embedded.forwarder_rss(setup)
+    raw.update(embedded.summarize(raw))
+    results["embedded"] = raw
+
+
 # -- handshakes -----------------------------------------------------------------------------
 
 
@@ -1002,7 +1048,7 @@ def check_requirements() -> list[str]:
     return problems
 
 
-MEASURES = ("core", "pairs", "handshake", "memory")
+MEASURES = ("core", "pairs", "embedded", "handshake", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1058,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
             measure_core(s, results, errors)
         if "pairs" in only:
             measure_pairs(s, results, errors)
+        if "embedded" in only:
+            measure_embedded(s, results, errors)
         if "handshake" in only:
             measure_handshakes(s, results, errors)
         if "memory" in only:
@@ -1110,6 +1158,14 @@ def print_summary(results: dict) -> None:
             f"{row['label'] + ' [' + row['unit'] + ']':52} {py:>12} {go:>12} "
             f"{_fmt(row['ratio']):>8}"
         )
+    emb = results.get("embedded")
+    if emb and emb.get("rows"):
+        print(f"\n{'embedded mode':68} {'embedded':>10} {'kernel':>10} {'ratio':>8}")
+        for row in emb["rows"]:
+            print(
+                f"{row['label'] + ' [' + row['unit'] + ']':68} {_fmt(row['embedded']):>10} "
+                f"{_fmt(row['kernel']):>10} {_fmt(row['ratio']):>8}"
+            )
     if results.get("core_summary"):
         print(f"\n{'core (sans-IO)':20} {'pkt/s':>12} {'Mbit/s':>10} {'ratio':>8}  reference")
         for r in results["core_summary"]:
