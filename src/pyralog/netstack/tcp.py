@@ -260,10 +260,25 @@ class TcpConnection:
             self._receive_in_syn_sent(seg, now)
             return
         flags = seg.flags
+        # A retransmitted FIN in TIME-WAIT: our last ACK was lost. ACK again, restart 2 MSL.
+        if (
+            self.state == State.TIME_WAIT
+            and flags & FIN
+            and not flags & RST
+            and (seg.seq + len(seg.payload) + 1) & MASK == self.rcv_nxt
+        ):
+            self._send_ack()
+            self._enter_time_wait(now)
+            return
         # 1. sequence number acceptability
         if not self._acceptable(seg):
-            if self.state == State.SYN_RECEIVED and flags & SYN and seg.seq == self.irs:
-                self._send_syn(now, with_ack=True)  # our SYN-ACK was lost
+            if (
+                self.state == State.SYN_RECEIVED
+                and flags & (SYN | ACK) == SYN
+                and seg.seq == self.irs
+            ):
+                self._rtt_seq = None  # Karn: the answer may be to either copy
+                self._send_syn(now, with_ack=True, timed=False)  # our SYN-ACK was lost
             elif not flags & RST:
                 self._send_ack()
             return
@@ -413,7 +428,7 @@ class TcpConnection:
                 self._retransmit_first()
                 self.cwnd = max(self.cwnd - acked + mss, mss)
                 self._arm_rtx(now)
-        else:
+        elif data_acked > 0:
             self.dupacks = 0
             if self.cwnd < self.ssthresh:
                 self.cwnd += min(acked, mss)  # slow start
@@ -485,7 +500,7 @@ class TcpConnection:
             self._arm_rtx(now)
 
     def _retransmit_first(self) -> None:
-        n = min(self.mss, len(self._sndbuf))
+        n = min(self.mss, len(self._sndbuf), seq_diff(self.snd_max, self.snd_una))
         if self._rtt_seq is not None:
             self._rtt_seq = None
         if n:
@@ -602,7 +617,7 @@ class TcpConnection:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _send_syn(self, now: float, *, with_ack: bool) -> None:
+    def _send_syn(self, now: float, *, with_ack: bool, timed: bool = True) -> None:
         flags = SYN | ACK if with_ack else SYN
         seg = Segment(
             self.local_port,
@@ -614,7 +629,7 @@ class TcpConnection:
             mss=self.local_mss,
             wscale=WSCALE if not with_ack or self.rcv_wscale else None,
         )
-        if self.retries == 0:
+        if timed and self.retries == 0:
             self._rtt_seq = (self.iss + 1) & MASK
             self._rtt_time = now
         self._out.append(seg)
@@ -649,7 +664,8 @@ class TcpConnection:
     def _send_ack(self) -> None:
         if self.state in (State.CLOSED, State.SYN_SENT):
             return
-        self._emit(ACK, self.snd_nxt, b"")
+        # SEG.SEQ = SND.NXT in RFC terms; after go-back-N our next *new* byte is snd_max.
+        self._emit(ACK, self.snd_max, b"")
 
     def _output(self, now: float) -> None:
         """Send whatever the windows allow: new data, then a queued FIN."""
