@@ -10,6 +10,11 @@ Two ``Device``s complete a handshake in memory; then we time
 for a 1420-byte IP packet (the tunnel MTU) and a 64-byte one. The figure is packets per
 second on one core, the best of several repetitions (the least disturbed by other load).
 
+It also times one packet's round trip through the core (encrypt on a, decrypt on b, an
+84-byte ping-sized packet) back to back and after the process slept 10 ms, as a tunnel
+carrying pings does between packets: the difference is what an idle tunnel pays per
+packet for caches and predictors that went cold, which bounds idle ping latency.
+
     .venv/bin/python bench/core.py [--quick] [--json]
 """
 
@@ -105,6 +110,43 @@ def _time_decrypt(b: Device, datagrams: list, now: float) -> float:
     return elapsed
 
 
+COLD_GAP = 0.010  # seconds asleep before each "cold" packet: the benchmark's ping interval
+
+
+def cold_path(samples: int = 60) -> dict:
+    """Median microseconds for one packet through encrypt and decrypt, warm and cold."""
+    a, b = make_session()
+    packet = ipv4_packet(A_IP, B_IP, 84)
+    clock = time.perf_counter_ns
+
+    def one(now: float) -> float:
+        start = clock()
+        a.send_packet(packet, now)
+        for data, _ in a.datagrams_to_send():
+            b.receive_datagram(data, A_EP, now)
+        delivered = b.packets_to_deliver()
+        elapsed = (clock() - start) / 1000
+        if len(delivered) != 1:
+            raise RuntimeError(f"cold-path packet not delivered: {b.drops}")
+        return elapsed
+
+    def empty(now: float) -> float:
+        start = clock()
+        return (clock() - start) / 1000
+
+    out: dict = {"idle_gap_ms": COLD_GAP * 1000, "samples": samples}
+    for name, fn in (("round_trip", one), ("empty", empty)):
+        warm, cold = [], []
+        for i in range(samples):
+            fn(2.0 + i * 1e-3)  # warms up, then measured back to back
+            warm.append(fn(2.0 + i * 1e-3))
+            time.sleep(COLD_GAP)
+            cold.append(fn(2.0 + i * 1e-3))
+        out[f"{name}_warm_us"] = statistics.median(warm)
+        out[f"{name}_cold_us"] = statistics.median(cold)
+    return out
+
+
 def run(quick: bool = False) -> dict:
     """Packets per second for each size and path; JSON-ready."""
     repeats = 3 if quick else 7
@@ -138,6 +180,7 @@ def run(quick: bool = False) -> dict:
             "encrypt_runs": enc,
             "decrypt_runs": dec,
         }
+    results["cold"] = cold_path(30 if quick else 60)
     return results
 
 
@@ -157,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{size:>7}B {r['encrypt_pps']:>14,.0f} {r['decrypt_pps']:>14,.0f}"
             f" {r['encrypt_gbit_s']:>11.3f}"
         )
+    c = res["cold"]
+    print(
+        f"one 84-byte packet, encrypt + decrypt: {c['round_trip_warm_us']:.1f} us back to back,"
+        f" {c['round_trip_cold_us']:.1f} us after {c['idle_gap_ms']:.0f} ms idle"
+        f" (an empty timing: {c['empty_warm_us']:.1f} / {c['empty_cold_us']:.1f} us)"
+    )
     return 0
 
 

@@ -263,9 +263,29 @@ def auto_notes(res: dict) -> list[str]:
             f"{fmt(load['values'].get('go-go'))} ms go-go; idle: "
             f"{fmt(idle['values'].get('py-py')) if idle else 'n/a'} against "
             f"{fmt(idle['values'].get('go-go')) if idle else 'n/a'} ms). A likely cause, not "
-            "yet verified: one thread drains up to 256 TUN packets or datagrams per wake-up "
+            "yet verified: one thread drains up to 64 TUN packets or datagrams per wake-up "
             "and the UDP sockets have 4 MiB buffers, so a small packet queues behind a bulk "
             "backlog (bufferbloat inside the daemon)."
+        )
+    cold = (res.get("core") or {}).get("cold")
+    if idle and cold and (idle["ratios"].get("py-py") or 0) > 1:
+        notes.append(
+            f"Idle ping is slower through pyralog-wg (p50 {fmt(idle['values'].get('py-py'))} ms "
+            f"py-py against {fmt(idle['values'].get('go-go'))} ms go-go). What limits it: "
+            "between pings the daemon sleeps and its code and data go cold. The core "
+            "micro-benchmark times one ping-sized packet through encrypt and decrypt at "
+            f"{fmt(cold['round_trip_warm_us'])} µs back to back but "
+            f"{fmt(cold['round_trip_cold_us'])} µs after {fmt(cold['idle_gap_ms'])} ms asleep "
+            "(even an empty timing goes from "
+            f"{fmt(cold['empty_warm_us'])} to {fmt(cold['empty_cold_us'])} µs), and a ping "
+            "crosses the core four times. Python touches far more memory per packet than Go "
+            "(interpreter, objects, and OpenSSL's EVP layer behind `cryptography`, which "
+            "alone costs about 45 µs cold here), so every idle packet pays more to refill "
+            "caches. Tried: reading one packet per idle wake-up instead of draining to "
+            "EAGAIN (kept: 0.06 ms less per round trip in an A/B run), a seeded PRNG "
+            "instead of getrandom() for timer jitter (kept), and busy-polling after each "
+            "packet (rejected: on 2 cores the spinning daemons starve each other, p50 "
+            "rose to 1.8 ms)."
         )
     rtx = _row(res, "tcp_retransmits")
     if rtx and (rtx["values"].get("go-go") or 0) > 10 * max(rtx["values"].get("py-py") or 0, 100):
@@ -465,6 +485,14 @@ def render_markdown(res: dict, png_name: str | None) -> str:
         core_table(res),
         "",
     ]
+    cold = (res.get("core") or {}).get("cold")
+    if cold:
+        out += [
+            f"One 84-byte packet through encrypt and decrypt: {fmt(cold['round_trip_warm_us'])}"
+            f" µs back to back, {fmt(cold['round_trip_cold_us'])} µs after"
+            f" {fmt(cold['idle_gap_ms'])} ms asleep (median of {cold['samples']}).",
+            "",
+        ]
     emb_table = embedded_table(res)
     if emb_table:
         out += [

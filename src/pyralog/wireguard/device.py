@@ -151,7 +151,11 @@ class Device:
         rng: random.Random | None = None,
         urandom=os.urandom,
     ) -> None:
+        # Session indices come from the system's CSPRNG. Timer jitter only needs to be
+        # unpredictable enough to de-synchronise peers: a seeded PRNG spares a getrandom()
+        # syscall on every packet that arms the new-handshake timer.
         self._rng = rng if rng is not None else random.SystemRandom()
+        self._jitter_rng = rng if rng is not None else random.Random(urandom(16))
         self._urandom = urandom
         self.mtu = mtu
         self.clock_offset = clock_offset
@@ -253,7 +257,7 @@ class Device:
             raise InvalidKeyError(f"public key {public_key} is a low-order point")
         _check_keepalive(persistent_keepalive)
         networks = [self._parse_network(n) for n in allowed_ips]
-        peer = Peer(public_key, self._schedule, self._rng)
+        peer = Peer(public_key, self._schedule, self._jitter_rng)
         peer.handshake.set_static_static(self.private_key)
         if preshared_key is not None:
             peer.handshake.preshared_key = preshared_key.raw
