@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump python3-venv)
+# kmod: modprobe, so tc can load sch_netem for the lossy-link test where the kernel has it.
+apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump kmod python3-venv)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -25,6 +25,7 @@ from pyralog.netstack.tcp import (
     DATA_RETRIES,
     DELAYED_ACK,
     MSL,
+    OVERCOMMIT_DIVISOR,
     RTO_INITIAL,
     RTO_MAX,
     RTO_MIN,
@@ -1252,18 +1253,7 @@ def test_receiver_window_shrinks_and_reopens_with_window_update() -> None:
 
 @pytest.mark.parametrize(
     "scaling",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug: with window scaling the advertised edge is rounded down "
-                "and can shrink by up to 2**wscale-1 bytes; fixing needs the receiver to "
-                "accept up to a rounded-up edge (open, see the issue note)",
-            ),
-        ),
-    ],
+    [False, True],
     ids=["unscaled", "scaled"],
 )
 def test_receiver_never_shrinks_its_right_edge(scaling: bool) -> None:
@@ -1642,3 +1632,100 @@ def test_read_limits_and_at_eof() -> None:
     assert conn.read(100, 1.0) == b"456789"
     assert conn.read(100, 1.0) == b""
     assert conn.at_eof
+
+
+# -- receive window promises and out-of-order memory -----------------------------------------
+
+
+def _edge(seg: Segment, shift: int) -> int:
+    return (seg.ack + (seg.window << shift)) & MASK
+
+
+def test_data_up_to_a_rounded_up_edge_is_accepted_past_the_buffer() -> None:
+    """After rounding a promise up to the window scale, the receiver takes what it promised."""
+    clock = Clock()
+    conn, _ = client(clock, peer_wscale=0, auto_read=False)
+    shift = conn.rcv_wscale
+    assert shift == WSCALE
+    buffer = conn.receive_buffer_size
+    stream = random.Random(3).randbytes(2 * buffer)
+    seq = 0
+    edge = None
+    # Segments of a size that is not a multiple of 2**shift, until the window closes.
+    for _ in range(10_000):
+        size = min(MSS - 1, seq_diff(edge, (R0 + seq) & MASK)) if edge is not None else MSS - 1
+        if size <= 0:
+            break
+        conn.receive(peer(R0 + seq, D0, ACK, 65535, stream[seq : seq + size]), clock.now)
+        seq += size
+        for out in conn.segments_to_send():
+            new_edge = _edge(out, shift)
+            if edge is not None:
+                assert seq_le(edge, new_edge), "the right edge moved left"
+            edge = new_edge
+        if edge is None:  # every second segment is acked; push the delayed one out
+            clock.now += DELAYED_ACK
+            conn.tick(clock.now)
+    assert conn.readable == seq
+    assert (conn.rcv_nxt - R0) & MASK == seq  # nothing promised was trimmed
+    assert buffer <= seq <= buffer + max(2 << shift, buffer // OVERCOMMIT_DIVISOR)
+    assert conn.read(1 << 30, clock.now) == stream[:seq]
+
+
+def test_a_peer_dribbling_segments_cannot_grow_the_buffer_without_limit() -> None:
+    """Rounding promises up may overcommit a little, never without bound."""
+    clock = Clock()
+    conn, _ = client(clock, peer_wscale=0, auto_read=False)
+    shift = conn.rcv_wscale
+    buffer = conn.receive_buffer_size
+    seq = 0
+    edge = (R0 + 65535) & MASK  # what the SYN said (never scaled)
+    for _ in range(20_000):
+        room = seq_diff(edge, (R0 + seq) & MASK)
+        if room <= 0:
+            break
+        size = max(1, min(room - 1, 97))  # always stop short of the edge
+        conn.receive(peer(R0 + seq, D0, ACK, 65535, bytes(size)), clock.now)
+        seq += size
+        clock.now += DELAYED_ACK
+        conn.tick(clock.now)
+        for out in conn.segments_to_send():
+            edge = _edge(out, shift)
+    assert conn.readable == seq
+    assert seq <= buffer + max(2 << shift, buffer // OVERCOMMIT_DIVISOR)
+
+
+def test_overlapping_out_of_order_segments_hold_at_most_a_window() -> None:
+    """Copies of the same bytes cut at every offset are not each kept in memory."""
+    clock = Clock()
+    conn, _ = client(clock, peer_wscale=0, auto_read=False)
+    window = conn.receive_buffer_size
+    stream = random.Random(5).randbytes(window)
+    # Everything after a 1-byte hole, as MSS-long segments starting at every byte.
+    for start in range(1, window - MSS, 7):
+        conn.receive(peer(R0 + start, D0, ACK, 65535, stream[start : start + MSS]), clock.now)
+        conn.segments_to_send()
+    assert conn._ooo_bytes <= window
+    assert sum(len(p) for p, _ in conn._ooo.values()) == conn._ooo_bytes
+    # The hole fills: what was held arrives in order, and the rest comes normally.
+    conn.receive(peer(R0, D0, ACK, 65535, stream[:1]), clock.now)
+    got = conn.rcv_nxt - R0
+    assert got > 1
+    while got < window:
+        n = min(MSS, window - got)
+        conn.receive(peer(R0 + got, D0, ACK, 65535, stream[got : got + n]), clock.now)
+        got = conn.rcv_nxt - R0
+    assert conn.read(1 << 30, clock.now) == stream
+    assert conn._ooo_bytes == 0 and not conn._ooo
+
+
+def test_a_longer_copy_of_a_held_segment_replaces_it() -> None:
+    clock = Clock()
+    conn, _ = client(clock, auto_read=False)
+    stream = bytes(range(256)) * 20
+    conn.receive(peer(R0 + 100, D0, ACK, 65535, stream[100:200]), clock.now)
+    conn.receive(peer(R0 + 100, D0, ACK, 65535, stream[100:150]), clock.now)  # shorter: kept
+    conn.receive(peer(R0 + 100, D0, ACK, 65535, stream[100:900]), clock.now)  # longer: wins
+    assert conn._ooo_bytes == 800
+    conn.receive(peer(R0, D0, ACK, 65535, stream[:100]), clock.now)
+    assert conn.read(1 << 30, clock.now) == stream[:900]

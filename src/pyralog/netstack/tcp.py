@@ -26,6 +26,8 @@ SYN_RETRIES = 6
 DATA_RETRIES = 15
 WSCALE = 7
 DEFAULT_BUFFER = 256 * 1024
+# How far past the receive buffer a never-shrinking scaled window may promise: 1/4 of it.
+OVERCOMMIT_DIVISOR = 4
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -353,7 +355,7 @@ class TcpConnection:
 
     def _acceptable(self, seg: Segment) -> bool:
         length = seg.length
-        window = max(self._receive_window(), seq_diff(self._rcv_adv, self.rcv_nxt))
+        window = self._accept_window()
         offset = seq_diff(seg.seq, self.rcv_nxt)
         if length == 0:
             return offset == 0 if window == 0 else 0 <= offset < window
@@ -522,14 +524,22 @@ class TcpConnection:
         if offset < 0:  # starts before rcv_nxt: trim what we already have
             payload = payload[-offset:]
             offset = 0
-        window = self._receive_window()
+        window = self._accept_window()
         if len(payload) > window - offset:
             payload = payload[: max(window - offset, 0)]
             fin = False  # the FIN lies beyond the window; it will come again
         if offset > 0:
+            # Held until the hole before it fills. Overlapping copies (a retransmission
+            # cut differently, or a peer playing games) are each held at most once per
+            # start and never beyond a window's worth in all, so memory stays bounded.
             if (payload or fin) and offset < window:
                 start = (self.rcv_nxt + offset) & MASK
-                if start not in self._ooo:
+                held = self._ooo.get(start)
+                if (held is None or len(held[0]) < len(payload)) and (
+                    self._ooo_bytes - (len(held[0]) if held else 0) + len(payload) <= window
+                ):
+                    if held is not None:
+                        self._ooo_bytes -= len(held[0])
                     self._ooo[start] = (payload, fin)
                     self._ooo_bytes += len(payload)
             self._send_ack()  # duplicate ACK tells the sender about the hole
@@ -556,20 +566,20 @@ class TcpConnection:
             self._receive_fin(now)
 
     def _drain_ooo(self, now: float) -> None:
-        while self._ooo and not self._fin_received:
-            progressed = False
-            for start in list(self._ooo):
-                offset = seq_diff(start, self.rcv_nxt)
-                payload, fin = self._ooo[start]
-                if offset > 0:
-                    continue
-                del self._ooo[start]
-                self._ooo_bytes -= len(payload)
-                if offset + len(payload) >= 0:
-                    self._append(payload[-offset:] if offset else payload, fin, now)
-                    progressed = True
-            if not progressed:
+        if not self._ooo:
+            return
+        # In sequence order from rcv_nxt, one pass takes everything now contiguous.
+        base = self.rcv_nxt
+        for start in sorted(self._ooo, key=lambda s: seq_diff(s, base)):
+            if self._fin_received:
                 break
+            offset = seq_diff(start, self.rcv_nxt)
+            if offset > 0:
+                break  # the next hole
+            payload, fin = self._ooo.pop(start)
+            self._ooo_bytes -= len(payload)
+            if offset + len(payload) > 0 or (fin and offset + len(payload) == 0):
+                self._append(payload[-offset:] if offset else payload, fin, now)
         if self._fin_received:
             self._ooo.clear()
             self._ooo_bytes = 0
@@ -594,25 +604,47 @@ class TcpConnection:
     def _receive_window(self) -> int:
         return max(self.receive_buffer_size - len(self._rcvbuf), 0)
 
+    def _accept_window(self) -> int:
+        """What we take in: our free space, or more if we already promised more."""
+        return max(self._receive_window(), seq_diff(self._rcv_adv, self.rcv_nxt))
+
     def _window_field(self) -> int:
-        window = self._receive_window()
-        right = (self.rcv_nxt + window) & MASK
+        """The window field for an outgoing segment; remembers the edge it shows.
+
+        ``_rcv_adv`` is the right edge as the peer computes it (SEG.ACK + field << scale).
+        That edge never moves left (RFC 9293 3.8.6.2.2, RFC 7323 2.4): when our free
+        space, rounded down to the scale, would show less, the remaining promise is
+        rounded *up* instead, and we accept up to it even past the buffer's size. Rounding
+        up can creep the promise forward by up to 2**scale - 1 bytes per ACK (with ACKs every
+        two full segments, a few percent of the buffer); past 1/OVERCOMMIT_DIVISOR of the
+        buffer the window is allowed to close rather than let a peer that dribbles odd-sized
+        segments grow our buffer without limit.
+        """
+        shift = self.rcv_wscale
+        field = min(self._receive_window() >> shift, 0xFFFF)
+        right = (self.rcv_nxt + (field << shift)) & MASK
         if seq_lt(right, self._rcv_adv):
-            window = seq_diff(self._rcv_adv, self.rcv_nxt)  # never shrink the window
-        else:
-            self._rcv_adv = right
-        return min(window >> self.rcv_wscale, 0xFFFF)
+            promised = seq_diff(self._rcv_adv, self.rcv_nxt)
+            rounded = min((promised + (1 << shift) - 1) >> shift, 0xFFFF)
+            over = (rounded << shift) + len(self._rcvbuf) - self.receive_buffer_size
+            if over <= max(2 << shift, self.receive_buffer_size // OVERCOMMIT_DIVISOR):
+                field = rounded
+                right = (self.rcv_nxt + (field << shift)) & MASK
+        self._rcv_adv = right
+        return field
 
     def _maybe_window_update(self, now: float) -> None:
         if self.state not in RECEIVES_DATA:
             return
         advertised = seq_diff(self._rcv_adv, self.rcv_nxt)
-        available = self._receive_window()
+        # The most a window field can say (a 16-bit field, scaled).
+        largest = min(self.receive_buffer_size, 0xFFFF << self.rcv_wscale)
+        available = min(self._receive_window(), largest)
         # Announce an opening only when it matters to the sender: the window it knows has
         # become small, and reading has freed a worthwhile amount (receiver SWS avoidance,
         # RFC 9293 3.8.6.2.2). Otherwise the next ACK carries the new window anyway.
-        worthwhile = min(self.receive_buffer_size // 2, 2 * self.local_mss)
-        if advertised < self.receive_buffer_size // 2 and available - advertised >= worthwhile:
+        worthwhile = min(largest // 2, 2 * self.local_mss)
+        if advertised < largest // 2 and available - advertised >= worthwhile:
             self._send_ack()
 
     # -- sending -----------------------------------------------------------------------
