@@ -14,7 +14,6 @@ library's::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import socket
 import time
@@ -24,11 +23,15 @@ from typing import Any
 from pyralog.netstack.stack import Stack
 from pyralog.netstack.tcp import TcpConnection
 from pyralog.netstack.transports import DatagramTransport, TcpTransport
+from pyralog.tunnel.udp import UdpTransport
 from pyralog.wireguard.config import Config
 from pyralog.wireguard.device import Device
 
 STREAM_LIMIT = 2**16
+# Bursts from a fast sender outrun one Python thread; a deep buffer (up to what the
+# system allows unprivileged, net.core.rmem_max) absorbs them instead of dropping.
 SOCKET_BUFFER = 4 * 1024 * 1024
+BATCH = 64  # datagrams taken per readable event before the stack runs and replies leave
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
@@ -38,17 +41,6 @@ def _normalize(address: tuple[Any, ...]) -> tuple[str, int]:
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, address[1]
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, tunnel: EmbeddedTunnel) -> None:
-        self.tunnel = tunnel
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.tunnel._datagram_received(data, _normalize(addr))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors for earlier sends: WireGuard's timers handle unreachable peers
 
 
 class TunnelServer:
@@ -88,8 +80,7 @@ class EmbeddedTunnel:
             iface.private_key, mtu=iface.mtu, clock_offset=time.time() - loop.time()
         )
         self.stack = Stack([str(a.ip) for a in iface.addresses], mtu=iface.mtu)
-        self._udp: asyncio.DatagramTransport | None = None
-        self._dual_stack = False
+        self._udp: UdpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._kick_pending = False
@@ -104,11 +95,12 @@ class EmbeddedTunnel:
         return tunnel
 
     async def _open(self) -> None:
-        port = self.config.interface.listen_port or 0
-        sock = self._bind(port)
-        self._udp, _ = await self.loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), sock=sock
-        )
+        # The daemon's UDP sockets (IPv4 and IPv6 on one port, GSO sends, GRO reads), read
+        # from this event loop a batch at a time: asyncio's datagram transport would run
+        # the whole stack once per datagram.
+        self._udp = UdpTransport(self.config.interface.listen_port or 0, buffer=SOCKET_BUFFER)
+        for sock in self._udp.sockets():
+            self.loop.add_reader(sock.fileno(), self._on_readable, sock)
         now = self.now()
         for peer in self.config.peers:
             endpoint = None
@@ -124,23 +116,6 @@ class EmbeddedTunnel:
             )
         self._pump()
 
-    def _bind(self, port: int) -> socket.socket:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-            self._dual_stack = True
-        except OSError:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("0.0.0.0", port))
-        # Bursts from a fast sender outrun one Python thread; a deep buffer (up to what the
-        # system allows unprivileged, net.core.rmem_max) absorbs them instead of dropping.
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        sock.setblocking(False)
-        return sock
-
     async def _resolve(self, host: str, port: int) -> tuple[str, int]:
         try:
             return str(ipaddress.ip_address(host)), port
@@ -154,7 +129,7 @@ class EmbeddedTunnel:
     @property
     def listen_port(self) -> int:
         assert self._udp is not None
-        return self._udp.get_extra_info("sockname")[1]
+        return self._udp.port
 
     async def close(self) -> None:
         if self._closed:
@@ -166,7 +141,10 @@ class EmbeddedTunnel:
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None:
+            for sock in self._udp.sockets():
+                self.loop.remove_reader(sock.fileno())
             self._udp.close()
+            self._udp = None
 
     async def __aenter__(self) -> EmbeddedTunnel:
         return self
@@ -190,8 +168,11 @@ class EmbeddedTunnel:
 
     # -- packet plumbing -------------------------------------------------------------------
 
-    def _datagram_received(self, data: bytes, endpoint: tuple[str, int]) -> None:
-        self.device.receive_datagram(data, endpoint, self.now())
+    def _on_readable(self, sock: socket.socket) -> None:
+        receive = self.device.receive_datagram
+        now = self.now()
+        for data, endpoint in UdpTransport.receive_many(sock, BATCH):
+            receive(data, endpoint, now)
         self._pump()
 
     def _pump(self) -> None:
@@ -208,17 +189,10 @@ class EmbeddedTunnel:
                 device.send_packet(packet, now)
             if not moved:
                 break
-        udp = self._udp
-        if udp is not None and not udp.is_closing():
-            for data, endpoint in device.datagrams_to_send():
-                udp.sendto(data, self._socket_address(endpoint))
+        datagrams = device.datagrams_to_send()
+        if datagrams and self._udp is not None:
+            self._udp.send_many(datagrams)
         self._reschedule()
-
-    def _socket_address(self, endpoint: tuple[str, int]) -> tuple[str, int]:
-        host = endpoint[0]
-        if self._dual_stack and ":" not in host:
-            return f"::ffff:{host}", endpoint[1]
-        return host, endpoint[1]
 
     def _reschedule(self) -> None:
         deadlines = [d for d in (self.device.next_deadline(), self.stack.next_deadline()) if d]

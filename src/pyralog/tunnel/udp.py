@@ -43,11 +43,12 @@ _TRANSIENT_SEND_ERRORS = frozenset(
 
 
 class UdpTransport:
-    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+    def __init__(self, port: int = 0, fwmark: int = 0, buffer: int = SOCKET_BUFFER) -> None:
         self._v4: socket.socket | None = None
         self._v6: socket.socket | None = None
         self._port = 0
         self._fwmark = 0
+        self._buffer = buffer  # SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it)
         self.gso = True  # switched off for good on the first kernel refusal
         self.bind(port)
         if fwmark:
@@ -60,7 +61,7 @@ class UdpTransport:
         sockets stay bound and OSError(EADDRINUSE, ...) propagates."""
         for _ in range(10 if port == 0 else 1):
             try:
-                v4, v6, bound = self._open(port)
+                v4, v6, bound = self._open(port, self._buffer)
                 break
             except OSError as e:
                 if port == 0 and e.errno == errno.EADDRINUSE:
@@ -74,7 +75,7 @@ class UdpTransport:
             self.set_fwmark(self._fwmark)
 
     @staticmethod
-    def _open(port: int) -> tuple[socket.socket, socket.socket | None, int]:
+    def _open(port: int, buffer: int) -> tuple[socket.socket, socket.socket | None, int]:
         v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             v4.bind(("0.0.0.0", port))
@@ -100,7 +101,7 @@ class UdpTransport:
                     s.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     with contextlib.suppress(OSError):
-                        s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                        s.setsockopt(socket.SOL_SOCKET, opt, buffer)
         return v4, v6, bound
 
     @property
