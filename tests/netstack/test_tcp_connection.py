@@ -1415,15 +1415,21 @@ def chaos_transfer(
                 c.tick(clock.now)
     else:
         raise AssertionError("did not finish")
-    assert pair.oa.errors in ([], [None]), f"a: {pair.oa.errors}"
-    assert pair.ob.errors in ([], [None]), f"b: {pair.ob.errors}"
     assert bytes(pair.ob.received) == data_a
     assert bytes(pair.oa.received) == data_b
-    assert a.state in (State.TIME_WAIT, State.CLOSED)
     pair.run_until(clock.now + 2 * MSL + 1)
     assert (a.state, b.state) == (State.CLOSED, State.CLOSED)
-    assert pair.oa.errors == [None]
-    assert pair.ob.errors == [None]
+    for me, other, name in ((a, pair.ob, "a"), (b, pair.oa, "b")):
+        errors = owner_of(me).errors
+        if errors == [None]:
+            continue
+        # Every ACK of this side's FIN was lost until the peer left TIME-WAIT. A real
+        # peer's stack would answer the next retransmission with RST; this bare pair
+        # stays silent, so the side times out. Only acceptable after a complete transfer
+        # that the peer closed cleanly.
+        assert len(errors) == 1 and isinstance(errors[0], TimeoutError), f"{name}: {errors}"
+        assert me._fin_seq is not None, f"{name} timed out before sending its FIN"
+        assert other.errors == [None], f"{name} timed out, the peer: {other.errors}"
 
 
 @settings(

@@ -79,11 +79,15 @@ class EmbeddedTunnel:
         self.device = Device(
             iface.private_key, mtu=iface.mtu, clock_offset=time.time() - loop.time()
         )
-        self.stack = Stack([str(a.ip) for a in iface.addresses], mtu=iface.mtu)
+        # Everything the stack receives was authenticated by the Device (see Stack).
+        self.stack = Stack(
+            [str(a.ip) for a in iface.addresses], mtu=iface.mtu, verify_checksums=False
+        )
         self._udp: UdpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._kick_pending = False
+        self._deferred: list[Callable[[], None]] = []
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -162,6 +166,10 @@ class EmbeddedTunnel:
             self._kick_pending = True
             self.loop.call_soon(self._kicked)
 
+    def defer(self, callback: Callable[[], None]) -> None:
+        self._deferred.append(callback)
+        self.kick()
+
     def _kicked(self) -> None:
         self._kick_pending = False
         self._pump()
@@ -184,6 +192,11 @@ class EmbeddedTunnel:
             for packet in device.packets_to_deliver():
                 moved = True
                 stack.receive_packet(packet, now)
+            while self._deferred:  # the readers, now that the whole burst is in
+                moved = True
+                deferred, self._deferred = self._deferred, []
+                for callback in deferred:
+                    callback()
             for packet in stack.packets_to_send():
                 moved = True
                 device.send_packet(packet, now)

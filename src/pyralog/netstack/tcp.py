@@ -143,6 +143,10 @@ class TcpConnection:
         self._persist_deadline: float | None = None
         self._timewait_deadline: float | None = None
         self._unacked_segments = 0
+        # A cumulative ACK owed, sent when the owner next collects segments: a burst of
+        # segments handled together gets one ACK, not one per two segments (as GRO gives
+        # Linux). Duplicate ACKs are never merged: the sender counts them.
+        self._ack_due = False
         self._out: list[Segment] = []
         self._was_full = False
 
@@ -223,6 +227,8 @@ class TcpConnection:
         self._finish(OSError(errno.ECONNABORTED, "connection aborted"), notify=False)
 
     def segments_to_send(self) -> list[Segment]:
+        if self._ack_due:
+            self._send_ack()
         out = self._out
         self._out = []
         return out
@@ -548,11 +554,11 @@ class TcpConnection:
         self._append(payload, fin, now)
         self._drain_ooo(now)
         if self._fin_received or filled_hole:
-            self._send_ack()
+            self._ack_due = True
         elif payload:
             self._unacked_segments += 1
             if self._unacked_segments >= 2 or len(payload) < self.local_mss:
-                self._send_ack()
+                self._ack_due = True
             elif self._delack_deadline is None:
                 self._delack_deadline = now + DELAYED_ACK
         if payload:
@@ -645,7 +651,7 @@ class TcpConnection:
         # RFC 9293 3.8.6.2.2). Otherwise the next ACK carries the new window anyway.
         worthwhile = min(largest // 2, 2 * self.local_mss)
         if advertised < largest // 2 and available - advertised >= worthwhile:
-            self._send_ack()
+            self._ack_due = True
 
     # -- sending -----------------------------------------------------------------------
 
@@ -692,6 +698,7 @@ class TcpConnection:
         )
         self._delack_deadline = None
         self._unacked_segments = 0
+        self._ack_due = False
 
     def _send_ack(self) -> None:
         if self.state in (State.CLOSED, State.SYN_SENT):

@@ -27,6 +27,9 @@ class Host(Protocol):
     def kick(self) -> None:
         """Something was queued: send what the stack has (soon, from the event loop)."""
 
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the packets at hand are through the stack (and soon)."""
+
 
 class TcpTransport(asyncio.Transport, TcpOwner):
     def __init__(
@@ -52,6 +55,7 @@ class TcpTransport(asyncio.Transport, TcpOwner):
         self._eof_requested = False
         self._lost = False
         self._eof_delivered = False
+        self._delivery_due = False
         conn.owner = self
 
     # -- TcpOwner --------------------------------------------------------------------------
@@ -65,6 +69,15 @@ class TcpTransport(asyncio.Transport, TcpOwner):
         self.tcp_readable(conn)
 
     def tcp_readable(self, conn: TcpConnection) -> None:
+        # Segments arrive in bursts: the protocol hears once per burst, with all of it,
+        # rather than once per segment (one wake-up of the reader, one copy downstream).
+        if not self._delivery_due:
+            self._delivery_due = True
+            self._host.defer(self._deliver)
+
+    def _deliver(self) -> None:
+        self._delivery_due = False
+        conn = self._conn
         if self._protocol is None or self._reading_paused or self._lost:
             return
         while conn.readable and not self._reading_paused and not self._lost:
