@@ -180,9 +180,13 @@ AGENT = textwrap.dedent(
             writer.write_eof()
             return sent
 
+        done = {}
+
         async def receive():
             got = await receive_hash(reader, size)
-            theirs = await reader.readexactly(32)
+            done["down"] = time.monotonic() - start
+            theirs = await reader.readexactly(32)  # the server hashed all we sent
+            done["up"] = time.monotonic() - start
             tail = await reader.read()
             return got, theirs, tail
 
@@ -193,6 +197,8 @@ AGENT = textwrap.dedent(
             "down": got == digest(seed + 1, size),
             "tail": len(tail),
             "seconds": time.monotonic() - start,
+            "down_seconds": done["down"],
+            "up_seconds": done["up"],
         }
 
 
@@ -724,7 +730,11 @@ def test_lossy_link_userspace(lab: Lab) -> None:
         stop(relay)
     stats = [json.loads(line) for line in lab.log("impair.log").splitlines() if "{" in line]
     seconds = check_transfer(report, 1, LOSSY_SIZE)
-    print(f"userspace impairment: 5 MB each way in {seconds:.1f} s; relay: {stats[-1:]}")
+    r = report["results"][0]
+    print(
+        f"userspace impairment: 5 MB each way in {seconds:.1f} s (to the kernel "
+        f"{r['up_seconds']:.1f} s, from it {r['down_seconds']:.1f} s); relay: {stats[-1:]}"
+    )
     assert stats and stats[-1]["dropped"] > 0 and stats[-1]["early"] > 0
 
 
