@@ -1027,11 +1027,24 @@ def test_slow_start_growth_per_ack() -> None:
     conn.receive(peer(R0, D0 + MSS, ACK, 2048), 0.1)  # one segment acknowledged
     assert conn.cwnd == 11 * MSS
     assert data_segments(conn.segments_to_send()) == [(10 * MSS, MSS), (11 * MSS, MSS)]
-    conn.receive(peer(R0, D0 + 3 * MSS, ACK, 2048), 0.1)  # two at once: still +1 MSS
-    assert conn.cwnd == 12 * MSS
-    assert data_segments(conn.segments_to_send()) == [(i * MSS, MSS) for i in (12, 13, 14)]
+    # Byte counting (RFC 3465): an ACK of two segments grows it by two.
+    conn.receive(peer(R0, D0 + 3 * MSS, ACK, 2048), 0.1)
+    assert conn.cwnd == 13 * MSS
+    assert data_segments(conn.segments_to_send()) == [(i * MSS, MSS) for i in (12, 13, 14, 15)]
     conn.receive(peer(R0, D0 + 3 * MSS + 100, ACK, 2048), 0.1)  # a partial segment: +100
-    assert conn.cwnd == 12 * MSS + 100
+    assert conn.cwnd == 13 * MSS + 100
+
+
+def test_window_does_not_grow_when_the_application_is_the_limit() -> None:
+    """RFC 7661: ACKs for a flight smaller than cwnd do not grow it."""
+    clock = Clock()
+    conn, _ = client(clock, peer_wscale=7)
+    conn.receive(peer(R0, D0, ACK, 2048), clock.now)
+    conn.send(b"x" * (2 * MSS), clock.now)  # far less than the initial window
+    assert len(data_segments(conn.segments_to_send())) == 2
+    cwnd = conn.cwnd
+    conn.receive(peer(R0, D0 + 2 * MSS, ACK, 2048), 0.1)
+    assert conn.cwnd == cwnd
 
 
 def test_fast_retransmit_and_recovery_then_congestion_avoidance() -> None:
@@ -1064,19 +1077,20 @@ def test_fast_retransmit_and_recovery_then_congestion_avoidance() -> None:
     flight = 2 * MSS
     assert conn.cwnd == min(conn.ssthresh, max(flight, MSS) + MSS) == 3 * MSS
     conn.segments_to_send()
-    # slow start up to ssthresh, then congestion avoidance: +MSS*MSS/cwnd per ACK
-    growth = []
-    for _ in range(12):
-        before = conn.cwnd
+    # Slow start up to ssthresh, then congestion avoidance: one MSS for each window's
+    # worth of bytes acknowledged (RFC 5681 3.1 with RFC 3465 byte counting).
+    expected, counted = conn.cwnd, 0
+    for _ in range(30):
         conn.receive(peer(R0, conn.snd_una + MSS, ACK, 2048), t)
         conn.segments_to_send()
-        growth.append((before, conn.cwnd - before))
-    for before, inc in growth:
-        if before < conn.ssthresh:
-            assert inc == MSS
-        else:
-            assert inc == max(1, MSS * MSS // before)
-    assert any(before >= conn.ssthresh for before, _ in growth)
+        step = min(MSS, max(conn.ssthresh - expected, 0))
+        expected += step
+        counted += MSS - step
+        if counted and counted >= expected:
+            counted -= expected
+            expected += MSS
+        assert conn.cwnd == expected
+    assert conn.cwnd > conn.ssthresh + MSS  # it did reach congestion avoidance and grow
 
 
 def test_newreno_partial_ack_retransmits_next_hole() -> None:

@@ -1,12 +1,17 @@
 """One TCP connection, sans-IO (RFC 9293), with RFC 6298 retransmission timing, RFC 5681
-congestion control with NewReno fast recovery (RFC 6582), delayed ACKs, window scaling
-(RFC 7323) and RFC 5961 challenge ACKs.
+congestion control, delayed ACKs, window scaling (RFC 7323), RFC 5961 challenge ACKs and
+selective acknowledgements (RFC 2018, D-SACK per RFC 2883): with a SACK-capable peer, loss
+recovery follows RFC 6675 and a recovery that D-SACKs prove spurious (reordering, not
+loss) is undone and makes the duplicate threshold grow, and a tail loss probe (RFC 8985
+section 7) recovers a lost tail or lost ACKs in about two round trips instead of a
+retransmission timeout; without SACK, NewReno (RFC 6582).
 
 The connection consumes parsed segments and ``now`` and produces segments to send
 (``segments_to_send``) and a deadline (``next_deadline``); it never touches a socket or a
 clock. Application-facing happenings are reported to an ``owner`` through the ``TcpOwner``
-methods. Deliberate simplifications, each safe against a standard peer: no SACK blocks,
-no timestamps option, no urgent data, go-back-N after a retransmission timeout.
+methods. Deliberate simplifications, each safe against a standard peer: no timestamps
+option, no urgent data, go-back-N after a retransmission timeout (the SACK scoreboard is
+dropped then, as if the receiver had reneged).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import enum
 import errno
 
+from pyralog.netstack.tcp_sack import Scoreboard, receiver_blocks
 from pyralog.netstack.tcp_segment import ACK, FIN, PSH, RST, SYN, Segment
 
 MASK = 0xFFFFFFFF
@@ -26,6 +32,9 @@ SYN_RETRIES = 6
 DATA_RETRIES = 15
 WSCALE = 7
 DEFAULT_BUFFER = 256 * 1024
+DUPTHRESH = 3  # RFC 5681; grows (to MAX_DUPTHRESH) when D-SACKs show reordering
+MAX_DUPTHRESH = 64
+WORST_DELAYED_ACK = 0.2  # RFC 8985's WCDelAckT: how long a peer may sit on a lone segment
 # How far past the receive buffer a never-shrinking scaled window may promise: 1/4 of it.
 OVERCOMMIT_DIVISOR = 4
 
@@ -127,9 +136,20 @@ class TcpConnection:
         # congestion control
         self.cwnd = 0
         self.ssthresh = 1 << 30
+        self._ca_bytes = 0  # bytes acknowledged towards the next congestion-avoidance MSS
         self.dupacks = 0
         self.recover = iss
         self.in_recovery = False
+        # selective acknowledgements (both negotiated in the SYNs, or neither)
+        self.sack_ok = False
+        self.dupthresh = DUPTHRESH
+        self._scoreboard = Scoreboard()  # what the peer holds above snd_una
+        self._high_rxt = 0  # offset from snd_una below which lost holes were resent
+        self._sack_recovery = False  # the current recovery is RFC 6675's, not NewReno's
+        self._undo: tuple[int, int] | None = None  # (cwnd, ssthresh) before the recovery
+        self._undo_retrans = 0  # bytes resent in it that no D-SACK has called needless
+        self._dsack: tuple[int, int] | None = None  # a duplicate to report, as receiver
+        self._latest_ooo: int | None = None  # start of the last out-of-order arrival
         # round-trip estimation (RFC 6298), one timed segment at a time (Karn)
         self.srtt: float | None = None
         self.rttvar = 0.0
@@ -139,6 +159,8 @@ class TcpConnection:
         self.retries = 0
         # timers
         self._rtx_deadline: float | None = None
+        self._pto_deadline: float | None = None  # tail loss probe
+        self._tlp_out = False  # a probe is out and no ACK has advanced since
         self._delack_deadline: float | None = None
         self._persist_deadline: float | None = None
         self._timewait_deadline: float | None = None
@@ -237,6 +259,7 @@ class TcpConnection:
         best = None
         for d in (
             self._rtx_deadline,
+            self._pto_deadline,
             self._delack_deadline,
             self._persist_deadline,
             self._timewait_deadline,
@@ -254,7 +277,12 @@ class TcpConnection:
             self._send_ack()
         if self._rtx_deadline is not None and now >= self._rtx_deadline:
             self._rtx_deadline = None
+            self._pto_deadline = None
             self._retransmission_timeout(now)
+        if self._pto_deadline is not None and now >= self._pto_deadline:
+            self._pto_deadline = None
+            if not self.in_recovery:
+                self._probe_tail(now)
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._persist_deadline = None
             self._probe_window(now)
@@ -288,6 +316,8 @@ class TcpConnection:
                 self._rtt_seq = None  # Karn: the answer may be to either copy
                 self._send_syn(now, with_ack=True, timed=False)  # our SYN-ACK was lost
             elif not flags & RST:
+                if seg.payload and seq_le((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt):
+                    self._dsack = (seg.seq, (seg.seq + len(seg.payload)) & MASK)
                 self._send_ack()
             return
         # 2. RST (RFC 5961 3.2: only an exact match resets; in-window gets a challenge)
@@ -378,6 +408,8 @@ class TcpConnection:
         if seq_lt(self.snd_max, ack):
             self._send_ack()  # acknowledges something we never sent
             return False
+        # SACK blocks first, against the snd_una they were written for.
+        sacked_more = self.sack_ok and bool(seg.sack) and self._take_sack(seg)
         if seq_lt(self.snd_una, ack):
             self._new_ack(seg, now)
         elif (
@@ -385,7 +417,7 @@ class TcpConnection:
             and not seg.payload
             and not seg.flags & (SYN | FIN)
             and self.snd_una != self.snd_max
-            and seg.window << self.snd_wscale == self.snd_wnd
+            and (sacked_more or seg.window << self.snd_wscale == self.snd_wnd)
         ):
             self._duplicate_ack(now)
         self._update_window(seg)
@@ -411,6 +443,9 @@ class TcpConnection:
     def _new_ack(self, seg: Segment, now: float) -> None:
         ack = seg.ack
         acked = seq_diff(ack, self.snd_una)
+        # Was the window the limit? Only then may it grow (RFC 7661): a sender held back
+        # by the application or the peer's window has not tested a larger one.
+        cwnd_limited = seq_diff(self.snd_max, self.snd_una) + self.mss > self.cwnd
         data_acked = acked
         if self._fin_seq is not None and seq_lt(self._fin_seq, ack):
             data_acked -= 1  # the FIN's sequence number
@@ -418,34 +453,55 @@ class TcpConnection:
             data_acked -= 1  # our SYN (acknowledged along with data)
         if data_acked > 0:
             del self._sndbuf[:data_acked]
+        self._scoreboard.advance(acked)
+        self._high_rxt = max(0, self._high_rxt - acked)
         self.snd_una = ack
         if seq_lt(self.snd_nxt, ack):
             self.snd_nxt = ack  # after go-back-N, the peer had more than we resent
         self._rtt_sample(now)
         self.retries = 0
+        self._tlp_out = False
         mss = self.mss
         if self.in_recovery:
             if seq_le(self.recover, ack):
                 # Full acknowledgement: leave fast recovery (RFC 6582 3.2 step 3).
                 flight = seq_diff(self.snd_max, self.snd_una)
                 self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
-                self.in_recovery = False
+                self.in_recovery = self._sack_recovery = False
                 self.dupacks = 0
+                self._high_rxt = 0
+                self._maybe_undo()
+            elif self._sack_recovery:
+                self._sack_send(now)
             else:
                 # Partial acknowledgement: retransmit the next hole, deflate the window.
                 self._retransmit_first()
                 self.cwnd = max(self.cwnd - acked + mss, mss)
                 self._arm_rtx(now)
+        elif data_acked > 0 and not cwnd_limited:
+            self.dupacks = 0
         elif data_acked > 0:
             self.dupacks = 0
-            if self.cwnd < self.ssthresh:
-                self.cwnd += min(acked, mss)  # slow start
-            else:
-                self.cwnd += max(1, mss * mss // self.cwnd)  # congestion avoidance
+            # Appropriate byte counting (RFC 3465): growth follows the bytes acknowledged,
+            # not the number of ACKs, so a receiver that acknowledges a burst at once (as
+            # ours and Linux's with GRO do) does not slow the sender down.
+            grow = data_acked
+            if self.cwnd < self.ssthresh:  # slow start, up to ssthresh
+                step = min(grow, self.ssthresh - self.cwnd)
+                self.cwnd += step
+                grow -= step
+            if grow > 0:  # congestion avoidance: one MSS per window acknowledged
+                self._ca_bytes += grow
+                if self._ca_bytes >= self.cwnd:
+                    self._ca_bytes -= self.cwnd
+                    self.cwnd += mss
+            if self._scoreboard:
+                self._maybe_enter_sack_recovery(now)  # holes remain below new SACKs
         if self.snd_una == self.snd_max:
-            self._rtx_deadline = None
+            self._rtx_deadline = self._pto_deadline = None
         else:
             self._arm_rtx(now)
+            self._arm_pto(now)
         if self._was_full and self.send_space >= self.send_buffer_size // 2:
             self._was_full = False
             self.owner.tcp_writable(self)
@@ -454,7 +510,12 @@ class TcpConnection:
         self.dupacks += 1
         mss = self.mss
         if self.in_recovery:
-            self.cwnd += mss  # each duplicate means a segment left the network
+            if self._sack_recovery:
+                self._sack_send(now)
+            else:
+                self.cwnd += mss  # each duplicate means a segment left the network
+        elif self.sack_ok and self.snd_nxt == self.snd_max:
+            self._maybe_enter_sack_recovery(now)
         elif self.dupacks == 3 and seq_lt(self.recover, self.snd_una + 1):
             flight = seq_diff(self.snd_max, self.snd_una)
             self.ssthresh = max(flight // 2, 2 * mss)
@@ -463,6 +524,116 @@ class TcpConnection:
             self._retransmit_first()
             self.cwnd = self.ssthresh + 3 * mss
             self._arm_rtx(now)
+
+    # -- SACK-based loss recovery (RFC 6675) and its undo (RFC 2883 D-SACK) -------------
+
+    def _take_sack(self, seg: Segment) -> bool:
+        """Record the blocks of an incoming ACK; True if they SACK bytes not known before."""
+        una = self.snd_una
+        flight = seq_diff(self.snd_max, una)
+        before = self._scoreboard.sacked
+        blocks = seg.sack
+        for i, (left, right) in enumerate(blocks):
+            if i == 0 and (
+                seq_le(right, seg.ack)
+                or (len(blocks) > 1 and seq_le(blocks[1][0], left) and seq_le(right, blocks[1][1]))
+            ):
+                # A D-SACK: the peer received these bytes twice. If they were our
+                # retransmission, the original had only been delayed.
+                if self._undo is not None:
+                    self._undo_retrans -= max(0, seq_diff(right, left))
+                    self._maybe_undo()
+                continue
+            lo, hi = seq_diff(left, una), seq_diff(right, una)
+            if hi <= lo or hi <= 0 or lo >= flight:
+                continue  # stale, empty or beyond what we sent: ignore
+            self._scoreboard.add(max(lo, 0), min(hi, flight))
+        return self._scoreboard.sacked > before
+
+    def _loss_threshold(self) -> int:
+        """SACKed bytes above a hole that make it lost (RFC 6675's IsLost, in bytes).
+
+        Capped so that a hole is lost at the latest once everything sent after it has
+        been SACKed: with a window smaller than the duplicate threshold (small transfers,
+        or a threshold grown by reordering) nothing else could ever call it lost, and
+        only the retransmission timeout would. A wrong call is undone by D-SACK."""
+        flight = seq_diff(self.snd_max, self.snd_una)
+        return max(1, min((self.dupthresh - 1) * self.mss + 1, flight - self.mss))
+
+    def _maybe_enter_sack_recovery(self, now: float) -> None:
+        if (
+            self.in_recovery
+            or not self.sack_ok
+            or self.snd_nxt != self.snd_max
+            or not seq_le(self.recover, self.snd_una)  # that window's loss is handled
+        ):
+            return
+        if self.dupacks < self.dupthresh and not self._scoreboard.is_lost(
+            0, self._loss_threshold()
+        ):
+            return
+        mss = self.mss
+        flight = seq_diff(self.snd_max, self.snd_una)
+        self._undo = (self.cwnd, self.ssthresh)
+        self._undo_retrans = 0
+        self.ssthresh = max(flight // 2, 2 * mss)
+        self.cwnd = self.ssthresh
+        self.recover = self.snd_max
+        self.in_recovery = self._sack_recovery = True
+        self._high_rxt = 0
+        # The first unacknowledged segment goes again at once, lost or merely late.
+        first = self._scoreboard.ranges[0][0] if self._scoreboard else len(self._sndbuf)
+        self._resend(0, min(mss, first, len(self._sndbuf)))
+        self._arm_rtx(now)
+        self._sack_send(now)
+
+    def _sack_send(self, now: float) -> None:
+        """While the pipe leaves room in cwnd: resend the next lost hole, else new data."""
+        mss = self.mss
+        threshold = self._loss_threshold()
+        board = self._scoreboard
+        pipe = board.pipe(seq_diff(self.snd_max, self.snd_una), threshold, self._high_rxt)
+        for _ in range(64):  # bounded per ACK; the next ACK continues
+            if self.cwnd - pipe < mss:
+                break
+            hole = board.next_lost(self._high_rxt, threshold)
+            if hole is not None:
+                start, end = hole
+                n = min(mss, end - start, len(self._sndbuf) - start)
+                if n <= 0:
+                    break
+                self._resend(start, n)
+            else:
+                offset = seq_diff(self.snd_nxt, self.snd_una)
+                unsent = len(self._sndbuf) - offset
+                n = min(mss, unsent, self.snd_wnd - offset)
+                if n <= 0 or (n < mss and n < unsent):
+                    break
+                flags = ACK | PSH if n == unsent else ACK
+                self._emit(flags, self.snd_nxt, bytes(self._sndbuf[offset : offset + n]))
+                self.snd_nxt = self.snd_max = (self.snd_nxt + n) & MASK
+            pipe += n
+
+    def _resend(self, offset: int, n: int) -> None:
+        if n <= 0:
+            return
+        self._rtt_seq = None  # Karn
+        seq = (self.snd_una + offset) & MASK
+        self._emit(ACK, seq, bytes(self._sndbuf[offset : offset + n]))
+        self._high_rxt = max(self._high_rxt, offset + n)
+        self._undo_retrans += n
+
+    def _maybe_undo(self) -> None:
+        """Once a recovery is over and D-SACKs showed each of its retransmissions to be
+        needless, the losses were reordering: restore the window it cut, and wait for
+        more duplicates next time before calling a segment lost."""
+        if self._undo is None or self.in_recovery or self._undo_retrans > 0:
+            return
+        cwnd, ssthresh = self._undo
+        self._undo = None
+        self.cwnd = max(self.cwnd, cwnd)
+        self.ssthresh = max(self.ssthresh, ssthresh)
+        self.dupthresh = min(self.dupthresh * 2, MAX_DUPTHRESH)
 
     def _rtt_sample(self, now: float) -> None:
         if self._rtt_seq is None or seq_lt(self.snd_una, self._rtt_seq):
@@ -498,8 +669,12 @@ class TcpConnection:
         flight = seq_diff(self.snd_max, self.snd_una)
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss
-        self.in_recovery = False
+        self.in_recovery = self._sack_recovery = False
         self.dupacks = 0
+        self._scoreboard.clear()  # as if the receiver reneged (RFC 2018 8): resend it all
+        self._tlp_out = False
+        self._high_rxt = 0
+        self._undo = None
         self.recover = self.snd_max
         # Go back N: resend from the first unacknowledged byte as the window reopens.
         self.snd_nxt = self.snd_una
@@ -528,6 +703,8 @@ class TcpConnection:
         fin = bool(seg.flags & FIN)
         offset = seq_diff(seg.seq, self.rcv_nxt)
         if offset < 0:  # starts before rcv_nxt: trim what we already have
+            if self.sack_ok:
+                self._dsack = (seg.seq, self.rcv_nxt)
             payload = payload[-offset:]
             offset = 0
         window = self._accept_window()
@@ -548,6 +725,9 @@ class TcpConnection:
                         self._ooo_bytes -= len(held[0])
                     self._ooo[start] = (payload, fin)
                     self._ooo_bytes += len(payload)
+                elif held is not None and self.sack_ok:
+                    self._dsack = (start, (start + len(payload)) & MASK)
+                self._latest_ooo = start
             self._send_ack()  # duplicate ACK tells the sender about the hole
             return
         filled_hole = bool(self._ooo)
@@ -666,6 +846,7 @@ class TcpConnection:
             min(self.receive_buffer_size, 0xFFFF),
             mss=self.local_mss,
             wscale=WSCALE if not with_ack or self.rcv_wscale else None,
+            sack_permitted=not with_ack or self.sack_ok,
         )
         if timed and self.retries == 0:
             self._rtt_seq = (self.iss + 1) & MASK
@@ -680,22 +861,32 @@ class TcpConnection:
             self.rcv_wscale = WSCALE
         else:
             self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = syn.sack_permitted
         # RFC 6928 initial window, then slow start.
         self.cwnd = min(10 * self.mss, max(2 * self.mss, 14600))
         self._rcv_adv = (syn.seq + 1 + min(self.receive_buffer_size, 0xFFFF)) & MASK
 
     def _emit(self, flags: int, seq: int, payload: bytes) -> None:
-        self._out.append(
-            Segment(
-                self.local_port,
-                self.remote_port,
-                seq,
-                self.rcv_nxt,
-                flags,
-                self._window_field(),
-                payload,
-            )
+        seg = Segment(
+            self.local_port,
+            self.remote_port,
+            seq,
+            self.rcv_nxt,
+            flags,
+            self._window_field(),
+            payload,
         )
+        # SACK blocks ride on pure ACKs only: on a full-sized data segment they would push
+        # it past the MSS. Duplicate ACKs, which report holes, are always pure.
+        if self.sack_ok and flags == ACK and not payload and (self._ooo or self._dsack):
+            seg.sack = receiver_blocks(
+                ((start, len(p)) for start, (p, _) in self._ooo.items()),
+                self.rcv_nxt,
+                self._latest_ooo,
+                self._dsack,
+            )
+            self._dsack = None
+        self._out.append(seg)
         self._delack_deadline = None
         self._unacked_segments = 0
         self._ack_due = False
@@ -735,6 +926,8 @@ class TcpConnection:
                     self.snd_max = self.snd_nxt
                 if self._rtx_deadline is None:
                     self._arm_rtx(now)
+                if self._pto_deadline is None:
+                    self._arm_pto(now)
                 continue
             if self._fin_queued and (self._fin_seq is None or self._fin_seq == self.snd_nxt):
                 self._emit(ACK | FIN, self.snd_nxt, b"")
@@ -750,6 +943,48 @@ class TcpConnection:
                     self._arm_rtx(now)
             break
 
+    def _arm_pto(self, now: float) -> None:
+        """Schedule a tail loss probe two smoothed RTTs out, if it would beat the RTO."""
+        if (
+            not self.sack_ok
+            or self.in_recovery
+            or self._tlp_out
+            or self.snd_una == self.snd_max
+            or self.snd_nxt != self.snd_max
+        ):
+            self._pto_deadline = None
+            return
+        pto = 2 * self.srtt if self.srtt is not None else RTO_INITIAL
+        if seq_diff(self.snd_max, self.snd_una) <= self.mss:
+            pto += WORST_DELAYED_ACK  # a lone segment's ACK may be held back that long
+        deadline = now + max(pto, 0.01)
+        if self._rtx_deadline is not None and deadline >= self._rtx_deadline:
+            self._pto_deadline = None
+        else:
+            self._pto_deadline = deadline
+
+    def _probe_tail(self, now: float) -> None:
+        """Nothing heard for a while: send one segment, new data if any may go, else the
+        last one again, so the peer's answer (with SACK) shows what is missing."""
+        if self.state not in SENDS_DATA | {State.CLOSING} or self.snd_una == self.snd_max:
+            return
+        flight = seq_diff(self.snd_max, self.snd_una)
+        unsent = len(self._sndbuf) - flight
+        n = min(self.mss, unsent, self.snd_wnd - flight)
+        if n > 0 and self._fin_seq is None:
+            self._emit(ACK, self.snd_nxt, bytes(self._sndbuf[flight : flight + n]))
+            self.snd_nxt = self.snd_max = (self.snd_nxt + n) & MASK
+        else:
+            end = min(len(self._sndbuf), flight)
+            start = max(0, end - self.mss)
+            self._rtt_seq = None  # Karn
+            if end > start:
+                self._emit(ACK, (self.snd_una + start) & MASK, bytes(self._sndbuf[start:end]))
+            elif self._fin_seq is not None:
+                self._emit(ACK | FIN, self._fin_seq, b"")
+        self._tlp_out = True
+        self._arm_rtx(now)
+
     def _probe_window(self, now: float) -> None:
         if self.state not in SENDS_DATA or not self._sndbuf or self.snd_wnd:
             return
@@ -762,7 +997,7 @@ class TcpConnection:
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = State.TIME_WAIT
-        self._rtx_deadline = None
+        self._rtx_deadline = self._pto_deadline = None
         self._persist_deadline = None
         self._timewait_deadline = now + 2 * MSL
 
@@ -771,7 +1006,7 @@ class TcpConnection:
             return
         self.state = State.CLOSED
         self.error = error
-        self._rtx_deadline = self._delack_deadline = None
+        self._rtx_deadline = self._delack_deadline = self._pto_deadline = None
         self._persist_deadline = self._timewait_deadline = None
         self._sndbuf.clear()
         self._ooo.clear()

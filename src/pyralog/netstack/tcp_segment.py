@@ -1,5 +1,5 @@
-"""TCP segments on the wire (RFC 9293 section 3.1), with the MSS, window-scale and
-SACK-permitted options (RFC 9293 3.2, RFC 7323 2, RFC 2018)."""
+"""TCP segments on the wire (RFC 9293 section 3.1), with the MSS, window-scale,
+SACK-permitted and SACK options (RFC 9293 3.2, RFC 7323 2, RFC 2018)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ OPT_NOP = 1
 OPT_MSS = 2
 OPT_WSCALE = 3
 OPT_SACK_PERMITTED = 4
+OPT_SACK = 5
 
 
 class Malformed(ValueError):
@@ -35,6 +36,7 @@ class Segment:
         "flags",
         "mss",
         "payload",
+        "sack",
         "sack_permitted",
         "seq",
         "src_port",
@@ -55,6 +57,7 @@ class Segment:
         mss: int | None = None,
         wscale: int | None = None,
         sack_permitted: bool = False,
+        sack: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.src_port = src_port
         self.dst_port = dst_port
@@ -66,6 +69,7 @@ class Segment:
         self.mss = mss
         self.wscale = wscale
         self.sack_permitted = sack_permitted
+        self.sack = sack  # (left edge, right edge) sequence numbers, at most 4 blocks
 
     @property
     def length(self) -> int:
@@ -90,6 +94,10 @@ class Segment:
             options += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, self.wscale)
         if self.sack_permitted:
             options += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK_PERMITTED, 2)
+        if self.sack:
+            blocks = self.sack[:4]
+            options += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
+            options += b"".join(struct.pack("!II", left, right) for left, right in blocks)
         offset = (20 + len(options)) // 4
         header = HEADER.pack(
             self.src_port,
@@ -138,5 +146,10 @@ def decode(data: bytes, src: bytes, dst: bytes, *, verify_checksum: bool = True)
             seg.wscale = min(data[i + 2], 14)  # RFC 7323: larger shifts are treated as 14
         elif kind == OPT_SACK_PERMITTED and size == 2:
             seg.sack_permitted = True
+        elif kind == OPT_SACK and size in (10, 18, 26, 34):
+            seg.sack = tuple(
+                (int.from_bytes(data[j : j + 4], "big"), int.from_bytes(data[j + 4 : j + 8], "big"))
+                for j in range(i + 2, i + size, 8)
+            )
         i += size
     return seg
