@@ -316,8 +316,9 @@ class TcpConnection:
                 self._rtt_seq = None  # Karn: the answer may be to either copy
                 self._send_syn(now, with_ack=True, timed=False)  # our SYN-ACK was lost
             elif not flags & RST:
-                if seg.payload and seq_le((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt):
-                    self._dsack = (seg.seq, (seg.seq + len(seg.payload)) & MASK)
+                end = (seg.seq + len(seg.payload)) & MASK
+                if self.sack_ok and seg.payload and seq_le(end, self.rcv_nxt):
+                    self._dsack = (seg.seq, end)
                 self._send_ack()
             return
         # 2. RST (RFC 5961 3.2: only an exact match resets; in-window gets a challenge)
@@ -478,15 +479,13 @@ class TcpConnection:
                 self._retransmit_first()
                 self.cwnd = max(self.cwnd - acked + mss, mss)
                 self._arm_rtx(now)
-        elif data_acked > 0 and not cwnd_limited:
-            self.dupacks = 0
         elif data_acked > 0:
             self.dupacks = 0
             # Appropriate byte counting (RFC 3465): growth follows the bytes acknowledged,
             # not the number of ACKs, so a receiver that acknowledges a burst at once (as
             # ours and Linux's with GRO do) does not slow the sender down.
-            grow = data_acked
-            if self.cwnd < self.ssthresh:  # slow start, up to ssthresh
+            grow = data_acked if cwnd_limited else 0
+            if grow and self.cwnd < self.ssthresh:  # slow start, up to ssthresh
                 step = min(grow, self.ssthresh - self.cwnd)
                 self.cwnd += step
                 grow -= step
