@@ -148,6 +148,7 @@ class TcpConnection:
         self._sack_recovery = False  # the current recovery is RFC 6675's, not NewReno's
         self._undo: tuple[int, int] | None = None  # (cwnd, ssthresh) before the recovery
         self._undo_retrans = 0  # bytes resent in it that no D-SACK has called needless
+        self._undo_ranges: list[tuple[int, int]] = []  # (seq, end) of what it resent
         self._dsack: tuple[int, int] | None = None  # a duplicate to report, as receiver
         self._latest_ooo: int | None = None  # start of the last out-of-order arrival
         # round-trip estimation (RFC 6298), one timed segment at a time (Karn)
@@ -418,7 +419,11 @@ class TcpConnection:
             and not seg.payload
             and not seg.flags & (SYN | FIN)
             and self.snd_una != self.snd_max
-            and (sacked_more or seg.window << self.snd_wscale == self.snd_wnd)
+            and (
+                sacked_more  # with SACK, an ACK that reports nothing new is no duplicate
+                if self.sack_ok
+                else seg.window << self.snd_wscale == self.snd_wnd
+            )
         ):
             self._duplicate_ack(now)
         self._update_window(seg)
@@ -520,6 +525,7 @@ class TcpConnection:
             self.ssthresh = max(flight // 2, 2 * mss)
             self.recover = self.snd_max
             self.in_recovery = True
+            self._pto_deadline = None
             self._retransmit_first()
             self.cwnd = self.ssthresh + 3 * mss
             self._arm_rtx(now)
@@ -540,7 +546,7 @@ class TcpConnection:
                 # A D-SACK: the peer received these bytes twice. If they were our
                 # retransmission, the original had only been delayed.
                 if self._undo is not None:
-                    self._undo_retrans -= max(0, seq_diff(right, left))
+                    self._undo_retrans -= self._claim_resent(left, right)
                     self._maybe_undo()
                 continue
             lo, hi = seq_diff(left, una), seq_diff(right, una)
@@ -549,15 +555,47 @@ class TcpConnection:
             self._scoreboard.add(max(lo, 0), min(hi, flight))
         return self._scoreboard.sacked > before
 
+    def _claim_resent(self, left: int, right: int) -> int:
+        """Bytes of [left, right) this recovery resent, each counted once: a D-SACK of
+        anything else (the network duplicated a segment) proves nothing about it."""
+        claimed = 0
+        kept = []
+        for start, end in self._undo_ranges:
+            lo = start if seq_le(left, start) else left
+            hi = end if seq_le(end, right) else right
+            if seq_lt(lo, hi):
+                claimed += seq_diff(hi, lo)
+                if seq_lt(start, lo):
+                    kept.append((start, lo))
+                if seq_lt(hi, end):
+                    kept.append((hi, end))
+            else:
+                kept.append((start, end))
+        self._undo_ranges = kept
+        return claimed
+
     def _loss_threshold(self) -> int:
         """SACKed bytes above a hole that make it lost (RFC 6675's IsLost, in bytes).
 
-        Capped so that a hole is lost at the latest once everything sent after it has
-        been SACKed: with a window smaller than the duplicate threshold (small transfers,
-        or a threshold grown by reordering) nothing else could ever call it lost, and
-        only the retransmission timeout would. A wrong call is undone by D-SACK."""
-        flight = seq_diff(self.snd_max, self.snd_una)
-        return max(1, min((self.dupthresh - 1) * self.mss + 1, flight - self.mss))
+        Once every data byte sent above the highest hole has been SACKed, nothing more
+        may arrive to raise the count (small flights, a lost tail, a threshold grown by
+        reordering), and waiting means a retransmission timeout. Then, on a path that has
+        shown no reordering yet, the threshold drops to the size of that top SACKed range,
+        which makes every hole below it lost (like RACK's zero reordering window before
+        any reordering is seen, RFC 8985 6.2). Once D-SACKs have shown reordering, only a
+        lone missing segment with everything else SACKed is called lost that way. A wrong
+        call is undone by D-SACK."""
+        threshold = (self.dupthresh - 1) * self.mss + 1
+        board = self._scoreboard
+        if board:
+            sent = min(len(self._sndbuf), seq_diff(self.snd_max, self.snd_una))  # no FIN
+            start, end = board.ranges[-1]
+            if end >= sent:
+                if self.dupthresh == DUPTHRESH:
+                    threshold = min(threshold, end - start)
+                else:
+                    threshold = min(threshold, sent - self.mss)
+        return max(1, threshold)
 
     def _maybe_enter_sack_recovery(self, now: float) -> None:
         if (
@@ -575,6 +613,8 @@ class TcpConnection:
         flight = seq_diff(self.snd_max, self.snd_una)
         self._undo = (self.cwnd, self.ssthresh)
         self._undo_retrans = 0
+        self._undo_ranges = []
+        self._pto_deadline = None
         self.ssthresh = max(flight // 2, 2 * mss)
         self.cwnd = self.ssthresh
         self.recover = self.snd_max
@@ -621,6 +661,7 @@ class TcpConnection:
         self._emit(ACK, seq, bytes(self._sndbuf[offset : offset + n]))
         self._high_rxt = max(self._high_rxt, offset + n)
         self._undo_retrans += n
+        self._undo_ranges.append((seq, (seq + n) & MASK))
 
     def _maybe_undo(self) -> None:
         """Once a recovery is over and D-SACKs showed each of its retransmissions to be
@@ -630,6 +671,7 @@ class TcpConnection:
             return
         cwnd, ssthresh = self._undo
         self._undo = None
+        self._undo_ranges = []
         self.cwnd = max(self.cwnd, cwnd)
         self.ssthresh = max(self.ssthresh, ssthresh)
         self.dupthresh = min(self.dupthresh * 2, MAX_DUPTHRESH)
@@ -901,6 +943,7 @@ class TcpConnection:
         if self.state not in SENDS_DATA | {State.CLOSING}:
             return
         mss = self.mss
+        sent_new = False
         while True:
             flight = seq_diff(self.snd_nxt, self.snd_una)
             offset = flight  # sndbuf starts at snd_una
@@ -925,8 +968,7 @@ class TcpConnection:
                     self.snd_max = self.snd_nxt
                 if self._rtx_deadline is None:
                     self._arm_rtx(now)
-                if self._pto_deadline is None:
-                    self._arm_pto(now)
+                sent_new = sent_new or new_data
                 continue
             if self._fin_queued and (self._fin_seq is None or self._fin_seq == self.snd_nxt):
                 self._emit(ACK | FIN, self.snd_nxt, b"")
@@ -934,6 +976,7 @@ class TcpConnection:
                 self.snd_nxt = (self.snd_nxt + 1) & MASK
                 if seq_lt(self.snd_max, self.snd_nxt):
                     self.snd_max = self.snd_nxt
+                sent_new = True
                 if self.state == State.ESTABLISHED:
                     self.state = State.FIN_WAIT_1
                 elif self.state == State.CLOSE_WAIT:
@@ -941,6 +984,8 @@ class TcpConnection:
                 if self._rtx_deadline is None:
                     self._arm_rtx(now)
             break
+        if sent_new:
+            self._arm_pto(now)  # RFC 8985 7.2: restarted whenever new data goes out
 
     def _arm_pto(self, now: float) -> None:
         """Schedule a tail loss probe two smoothed RTTs out, if it would beat the RTO."""
@@ -978,7 +1023,10 @@ class TcpConnection:
             start = max(0, end - self.mss)
             self._rtt_seq = None  # Karn
             if end > start:
-                self._emit(ACK, (self.snd_una + start) & MASK, bytes(self._sndbuf[start:end]))
+                seq = (self.snd_una + start) & MASK
+                # The highest segment sent, so with our FIN if that came right after it.
+                fin = self._fin_seq is not None and self._fin_seq == (seq + end - start) & MASK
+                self._emit(ACK | FIN if fin else ACK, seq, bytes(self._sndbuf[start:end]))
             elif self._fin_seq is not None:
                 self._emit(ACK | FIN, self._fin_seq, b"")
         self._tlp_out = True

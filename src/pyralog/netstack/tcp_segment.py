@@ -94,8 +94,9 @@ class Segment:
             options += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, self.wscale)
         if self.sack_permitted:
             options += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK_PERMITTED, 2)
-        if self.sack:
-            blocks = self.sack[:4]
+        # As many SACK blocks as the 40 option bytes leave room for (4 on a plain ACK).
+        blocks = self.sack[: min(4, (36 - len(options)) // 8)] if self.sack else ()
+        if blocks:
             options += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
             options += b"".join(struct.pack("!II", left, right) for left, right in blocks)
         offset = (20 + len(options)) // 4
