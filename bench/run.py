@@ -1056,7 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Benchmark pyralog-wg against wireguard-go (needs root).",
     )
     p.add_argument("--quick", action="store_true", help="one short run of everything (~2 min)")
-    p.add_argument("--out", default=str(BENCH / "results" / "latest.json"), help="JSON output")
+    p.add_argument(
+        "--out", default=str(BENCH.parent / "docs" / "benchmarks.json"), help="JSON output"
+    )
     p.add_argument(
         "--only",
         default=",".join(MEASURES),
