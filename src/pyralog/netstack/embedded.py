@@ -1,4 +1,4 @@
-"""An embedded WireGuard tunnel: the Device, one UDP socket and the netstack in one process.
+"""An embedded WireGuard tunnel: the Device, its UDP sockets and the netstack in one process.
 
 No root, no TUN, no capabilities: the tunnel's IP packets never reach the kernel, they
 go between the Device and the userspace stack. The asyncio API mirrors the standard

@@ -1,4 +1,5 @@
 """The UDP side: one IPv4 and one IPv6 socket on the same port, as wireguard-go binds them.
+Shared by the pyralog-wg daemon and the embedded tunnel (pyralog.netstack.embedded).
 
 Endpoints are ``(host, port)`` tuples for both families (scoped IPv6 hosts keep their
 ``%scope``), so the Device sees one shape whatever socket a datagram came in on.
