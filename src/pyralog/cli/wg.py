@@ -70,7 +70,7 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
     from pyralog.tunnel.runtime import Runtime
     from pyralog.tunnel.tun import TunError, TunInterface, validate_interface_name
     from pyralog.tunnel.uapi_server import UapiListener
-    from pyralog.tunnel.udp import UdpTransport
+    from pyralog.udp import UdpTransport
     from pyralog.wireguard.device import Device
 
     try:

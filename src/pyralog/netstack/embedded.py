@@ -23,7 +23,7 @@ from typing import Any
 from pyralog.netstack.stack import Stack
 from pyralog.netstack.tcp import TcpConnection
 from pyralog.netstack.transports import DatagramTransport, TcpTransport
-from pyralog.tunnel.udp import UdpTransport
+from pyralog.udp import UdpTransport
 from pyralog.wireguard.config import Config
 from pyralog.wireguard.device import Device
 

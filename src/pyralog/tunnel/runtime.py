@@ -21,7 +21,7 @@ from pyralog.tunnel.linkwatch import LinkWatch
 from pyralog.tunnel.tun import TunInterface
 from pyralog.tunnel.uapi import format_endpoint, handle_request
 from pyralog.tunnel.uapi_server import UapiConnection, UapiListener
-from pyralog.tunnel.udp import UdpTransport
+from pyralog.udp import UdpTransport
 from pyralog.wireguard import events as ev
 from pyralog.wireguard.device import Device
 

@@ -1,5 +1,8 @@
 """The UDP side: one IPv4 and one IPv6 socket on the same port, as wireguard-go binds them.
-Shared by the pyralog-wg daemon and the embedded tunnel (pyralog.netstack.embedded).
+
+Both runtimes around the sans-IO Device use it: the pyralog-wg daemon (pyralog.tunnel)
+and the embedded tunnel (pyralog.netstack.embedded). It sits below both, next to nothing
+but the standard library, so that tunnel and netstack never import each other.
 
 Endpoints are ``(host, port)`` tuples for both families (scoped IPv6 hosts keep their
 ``%scope``), so the Device sees one shape whatever socket a datagram came in on.
