@@ -7,7 +7,7 @@ do the per-byte work: one ``int.from_bytes`` and one ``%`` instead of a Python l
 
 from __future__ import annotations
 
-import struct
+import functools
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
@@ -32,10 +32,15 @@ def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     return ~s & 0xFFFF
 
 
+@functools.lru_cache(maxsize=1024)
+def address_sum(src: bytes, dst: bytes) -> int:
+    """Partial sum of two addresses: part of both the pseudo-header and the IPv4 header,
+    and the same for every packet of a connection, so it is remembered."""
+    return ones_sum(src + dst)
+
+
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
     """Partial sum of the IPv4 (4-byte addresses) or IPv6 (16-byte) pseudo-header."""
-    if len(src) == 4:
-        header = src + dst + struct.pack("!BBH", 0, protocol, length)
-    else:
-        header = src + dst + struct.pack("!IxxxB", length, protocol)
-    return ones_sum(header)
+    # IPv4: zero, protocol, 16-bit length; IPv6: 32-bit length, zeros, next header. Either
+    # way the words add up to protocol + length (a length over 16 bits carries over).
+    return address_sum(src, dst) + protocol + (length & 0xFFFF) + (length >> 16)

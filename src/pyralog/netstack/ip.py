@@ -11,7 +11,7 @@ import ipaddress
 import itertools
 import struct
 
-from pyralog.netstack.checksum import checksum
+from pyralog.netstack.checksum import address_sum, checksum
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -85,10 +85,15 @@ _ids = itertools.count(1)
 def build(src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = DEFAULT_TTL) -> bytes:
     if len(src) == 4:
         total = 20 + len(payload)
+        ident = next(_ids) & 0xFFFF
+        # The header checksum from its words (0x4500, total, ident, DF, ttl|protocol and
+        # the addresses) without building the header twice.
+        s = 0x4500 + total + ident + 0x4000 + (ttl << 8 | protocol) + address_sum(src, dst)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
         header = IPV4_HEADER.pack(
-            0x45, 0, total, next(_ids) & 0xFFFF, 0x4000, ttl, protocol, 0, src, dst
+            0x45, 0, total, ident, 0x4000, ttl, protocol, ~s & 0xFFFF, src, dst
         )
-        header = header[:10] + checksum(header).to_bytes(2, "big") + header[12:]
         return header + payload
     return IPV6_HEADER.pack(6 << 28, len(payload), protocol, ttl, src, dst) + payload
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from pyralog.netstack.checksum import checksum, pseudo_header_sum
+from pyralog.netstack.checksum import checksum, ones_sum, pseudo_header_sum
 from pyralog.netstack.ip import PROTO_TCP
 
 HEADER = struct.Struct("!HHIIBBHHH")
@@ -100,21 +100,13 @@ class Segment:
             options += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
             options += b"".join(struct.pack("!II", left, right) for left, right in blocks)
         offset = (20 + len(options)) // 4
-        header = HEADER.pack(
-            self.src_port,
-            self.dst_port,
-            self.seq,
-            self.ack,
-            offset << 4,
-            self.flags,
-            self.window,
-            0,
-            0,
-        )
-        segment = header + options + self.payload
-        total = pseudo_header_sum(src, dst, PROTO_TCP, len(segment))
-        value = checksum(segment, total)
-        return segment[:16] + value.to_bytes(2, "big") + segment[18:]
+        fields = [self.src_port, self.dst_port, self.seq, self.ack, offset << 4]
+        fields += (self.flags, self.window, 0, 0)
+        head = HEADER.pack(*fields) + options  # an even length: sums can be added
+        payload = self.payload
+        total = pseudo_header_sum(src, dst, PROTO_TCP, len(head) + len(payload))
+        fields[7] = checksum(payload, total + ones_sum(head))
+        return HEADER.pack(*fields) + options + payload
 
 
 def decode(data: bytes, src: bytes, dst: bytes, *, verify_checksum: bool = True) -> Segment:
