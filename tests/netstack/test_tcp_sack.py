@@ -1273,3 +1273,35 @@ def test_reordering_is_undone_end_to_end(monkeypatch: pytest.MonkeyPatch) -> Non
     assert a.dupthresh == 6
     assert a.ssthresh == ssthresh  # the cut was undone
     assert not a.in_recovery
+
+
+def test_probe_proves_holes_lost_even_with_a_grown_duplicate_threshold() -> None:
+    """RACK-TLP (RFC 8985 7.4): once reordering has pushed the duplicate threshold past
+    the window, the holes below a delivered probe are lost and resent, with no timeout."""
+    clock = Clock()
+    conn, _ = sack_client(clock, rtt=0.1)
+    conn.dupthresh = 64  # as after several recoveries undone by D-SACK
+    sent_at = clock.now
+    bulk(conn, clock, 10, queued=12)
+    t1 = clock.now + 0.05
+    # 0 and 5 are missing; everything else arrives. Far below 63 segments SACKed, and two
+    # holes, so neither the count nor the "lone missing segment" rule calls them lost.
+    for j in (2, 3, 4):
+        conn.receive(dupack(0, (1, j)), t1)
+    for j in (7, 8, 9, 10):
+        conn.receive(dupack(0, (1, 5), (6, j)), t1)
+    assert not conn.in_recovery
+    assert conn.segments_to_send() == []
+    probe_at = conn.next_deadline()  # duplicate ACKs do not restart it (RFC 8985 7.2)
+    assert probe_at == pytest.approx(sent_at + 2 * conn.srtt)
+    assert probe_at < sent_at + conn.rto
+    conn.tick(probe_at)
+    [probe] = data_segments(conn.segments_to_send())
+    assert probe == (10 * MSS, MSS)  # new data fits the peer's window: the probe is new
+    conn.receive(dupack(0, (1, 5), (6, 11)), probe_at + 0.1)  # the probe arrived
+    assert conn.in_recovery
+    out = data_segments(conn.segments_to_send())
+    assert out[:2] == [(0, MSS), (5 * MSS, MSS)]  # both holes, each once
+    conn.receive(dupack(11), probe_at + 0.2)
+    assert not conn.in_recovery
+    assert conn.retries == 0  # no retransmission timeout fired

@@ -162,6 +162,7 @@ class TcpConnection:
         self._rtx_deadline: float | None = None
         self._pto_deadline: float | None = None  # tail loss probe
         self._tlp_out = False  # a probe is out and no ACK has advanced since
+        self._probe_proved_loss = False  # holes below the probe's SACK are lost, all of them
         self._delack_deadline: float | None = None
         self._persist_deadline: float | None = None
         self._timewait_deadline: float | None = None
@@ -412,6 +413,11 @@ class TcpConnection:
             return False
         # SACK blocks first, against the snd_una they were written for.
         sacked_more = self.sack_ok and bool(seg.sack) and self._take_sack(seg)
+        if sacked_more and self._tlp_out and ack == self.snd_una and not self.in_recovery:
+            # The tail loss probe went out two round trips after everything below it and
+            # has arrived: what is still missing there was lost, not reordered (RACK-TLP,
+            # RFC 8985 7.4), however high reordering has pushed the duplicate threshold.
+            self._probe_proved_loss = True
         if seq_lt(self.snd_una, ack):
             self._new_ack(seg, now)
         elif (
@@ -476,6 +482,7 @@ class TcpConnection:
                 self.in_recovery = self._sack_recovery = False
                 self.dupacks = 0
                 self._high_rxt = 0
+                self._probe_proved_loss = False
                 self._maybe_undo()
             elif self._sack_recovery:
                 self._sack_send(now)
@@ -486,6 +493,7 @@ class TcpConnection:
                 self._arm_rtx(now)
         elif data_acked > 0:
             self.dupacks = 0
+            self._probe_proved_loss = False  # the probe's news is old now
             # Appropriate byte counting (RFC 3465): growth follows the bytes acknowledged,
             # not the number of ACKs, so a receiver that acknowledges a burst at once (as
             # ours and Linux's with GRO do) does not slow the sender down.
@@ -585,6 +593,8 @@ class TcpConnection:
         any reordering is seen, RFC 8985 6.2). Once D-SACKs have shown reordering, only a
         lone missing segment with everything else SACKed is called lost that way. A wrong
         call is undone by D-SACK."""
+        if self._probe_proved_loss:
+            return 1
         threshold = (self.dupthresh - 1) * self.mss + 1
         board = self._scoreboard
         if board:
@@ -713,7 +723,7 @@ class TcpConnection:
         self.in_recovery = self._sack_recovery = False
         self.dupacks = 0
         self._scoreboard.clear()  # as if the receiver reneged (RFC 2018 8): resend it all
-        self._tlp_out = False
+        self._tlp_out = self._probe_proved_loss = False
         self._high_rxt = 0
         self._undo = None
         self.recover = self.snd_max
