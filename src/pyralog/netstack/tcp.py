@@ -1,10 +1,13 @@
 """One TCP connection, sans-IO (RFC 9293), with RFC 6298 retransmission timing, RFC 5681
-congestion control, delayed ACKs, window scaling (RFC 7323), RFC 5961 challenge ACKs and
-selective acknowledgements (RFC 2018, D-SACK per RFC 2883): with a SACK-capable peer, loss
-recovery follows RFC 6675 and a recovery that D-SACKs prove spurious (reordering, not
-loss) is undone and makes the duplicate threshold grow, and a tail loss probe (RFC 8985
-section 7) recovers a lost tail or lost ACKs in about two round trips instead of a
-retransmission timeout; without SACK, NewReno (RFC 6582).
+congestion control with byte counting (RFC 3465), delayed ACKs, window scaling (RFC 7323),
+RFC 5961 challenge ACKs and selective acknowledgements (RFC 2018, D-SACK per RFC 2883).
+
+With a SACK-capable peer, loss recovery follows RFC 6675; a recovery that D-SACKs prove
+spurious (reordering, not loss) is undone and makes the duplicate threshold grow; a tail
+loss probe (RFC 8985 section 7) recovers a lost tail or lost ACKs in about two round trips
+instead of a retransmission timeout, and once the probe is delivered the holes below it
+count as lost. Without SACK: NewReno (RFC 6582). Written by hand because no maintained
+Python library implements TCP.
 
 The connection consumes parsed segments and ``now`` and produces segments to send
 (``segments_to_send``) and a deadline (``next_deadline``); it never touches a socket or a
