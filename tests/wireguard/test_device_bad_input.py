@@ -715,6 +715,16 @@ def test_add_peer_low_order_key(name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", list(LOW_ORDER_POINTS))
+def test_add_peer_low_order_key_before_a_private_key_is_set(name: str) -> None:
+    """Without a private key there is no precomputed DH to catch it: checked on its own."""
+    device = Device()
+    with pytest.raises(InvalidKeyError, match="low-order"):
+        device.add_peer(PublicKey(LOW_ORDER_POINTS[name]), 0.0, allowed_ips=["10.0.0.77/32"])
+    assert device.peers() == []
+    assert device.allowed_ips.lookup("10.0.0.77") is None
+
+
 @pytest.mark.parametrize(
     "bad", ["10.0.0.0/33", "not-an-ip", "10.0.0.1/-1", "", "fd00::/129", "10.0.0.256/32"]
 )
