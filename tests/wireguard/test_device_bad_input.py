@@ -721,7 +721,7 @@ def test_add_peer_low_order_key_before_a_private_key_is_set(name: str) -> None:
     device = Device()
     with pytest.raises(InvalidKeyError, match="low-order"):
         device.add_peer(PublicKey(LOW_ORDER_POINTS[name]), 0.0, allowed_ips=["10.0.0.77/32"])
-    assert device.peers() == []
+    assert device.peers == []
     assert device.allowed_ips.lookup("10.0.0.77") is None
 
 
