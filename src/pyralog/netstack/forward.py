@@ -153,12 +153,19 @@ class Forwarder:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             try:
-                other = await asyncio.wait_for(connect(), 30)
-            except (TimeoutError, OSError) as e:
-                log.warning("%s: cannot connect: %s", what, e)
+                try:
+                    other = await asyncio.wait_for(connect(), 30)
+                except (TimeoutError, OSError) as e:
+                    log.warning("%s: cannot connect: %s", what, e)
+                    writer.transport.abort()
+                    return
+                await _splice((reader, writer), other)
+            except asyncio.CancelledError:
+                # Shutting down (close() cancels us): drop the connection quietly. Ending
+                # normally instead of re-raising matters: asyncio's stream server asks a
+                # finished handler task for its exception, and on a cancelled task that
+                # raises, which it would log as an error.
                 writer.transport.abort()
-                return
-            await _splice((reader, writer), other)
 
         return handle
 
@@ -213,8 +220,11 @@ class Forwarder:
             server.close()
         for relay in self._relays:
             relay.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Back(asyncio.DatagramProtocol):
