@@ -14,6 +14,7 @@ library's::
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 import time
@@ -140,7 +141,12 @@ class EmbeddedTunnel:
             return
         self._closed = True
         for conn in self.stack.connections():
-            conn.abort(self.now())
+            conn.abort(self.now())  # sends the peer a RST
+            # abort() leaves its owner alone (a transport that aborts knows it did); here
+            # the tunnel goes away under the application, so its streams must hear of it.
+            conn.owner.tcp_closed(
+                conn, ConnectionAbortedError(errno.ECONNABORTED, "the tunnel was closed")
+            )
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
