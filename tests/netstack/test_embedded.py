@@ -414,7 +414,7 @@ def test_udp_echo_round_trip_sizes_and_oversize() -> None:
             client_t.sendto(b"x" * (UDP_MAX + 1), (A_IP, 5300))
             assert len(client.errors) == 1
             error = client.errors[0]
-            assert isinstance(error, OSError)
+            assert isinstance(error, OSError) and error.errno == errno.EMSGSIZE
             assert f"{UDP_MAX + 1} bytes" in str(error) and str(UDP_MAX) in str(error)
             # Still usable afterwards; the oversized datagram never arrived.
             client_t.sendto(b"after", (A_IP, 5300))

@@ -8,6 +8,7 @@ answers pings, and collects what to send. Sans-IO, like the connections it owns.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import random
 import struct
@@ -163,7 +164,9 @@ class Stack:
         local = self.source_for(remote)
         limit = self.mtu - (28 if len(remote) == 4 else 48)
         if len(data) > limit:
-            raise OSError(f"datagram of {len(data)} bytes exceeds the tunnel's {limit}")
+            raise OSError(
+                errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds the tunnel's {limit}"
+            )
         length = 8 + len(data)
         header = UDP_HEADER.pack(local_port, remote_port, length, 0)
         value = checksum(header + data, pseudo_header_sum(local, remote, ip.PROTO_UDP, length))
