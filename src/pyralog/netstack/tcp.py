@@ -150,8 +150,8 @@ class TcpConnection:
         self._high_rxt = 0  # offset from snd_una below which lost holes were resent
         self._sack_recovery = False  # the current recovery is RFC 6675's, not NewReno's
         self._undo: tuple[int, int] | None = None  # (cwnd, ssthresh) before the recovery
-        self._undo_retrans = 0  # bytes resent in it that no D-SACK has called needless
-        self._undo_ranges: list[tuple[int, int]] = []  # (seq, end) of what it resent
+        # (seq, end) of what that recovery resent and no D-SACK has yet called needless
+        self._undo_ranges: list[tuple[int, int]] = []
         self._dsack: tuple[int, int] | None = None  # a duplicate to report, as receiver
         self._latest_ooo: int | None = None  # start of the last out-of-order arrival
         # round-trip estimation (RFC 6298), one timed segment at a time (Karn)
@@ -557,7 +557,7 @@ class TcpConnection:
                 # A D-SACK: the peer received these bytes twice. If they were our
                 # retransmission, the original had only been delayed.
                 if self._undo is not None:
-                    self._undo_retrans -= self._claim_resent(left, right)
+                    self._claim_resent(left, right)
                     self._maybe_undo()
                 continue
             lo, hi = seq_diff(left, una), seq_diff(right, una)
@@ -566,16 +566,14 @@ class TcpConnection:
             self._scoreboard.add(max(lo, 0), min(hi, flight))
         return self._scoreboard.sacked > before
 
-    def _claim_resent(self, left: int, right: int) -> int:
-        """Bytes of [left, right) this recovery resent, each counted once: a D-SACK of
-        anything else (the network duplicated a segment) proves nothing about it."""
-        claimed = 0
+    def _claim_resent(self, left: int, right: int) -> None:
+        """Strike [left, right) from what this recovery resent: those bytes were needless.
+        A D-SACK of anything else (the network duplicated a segment) proves nothing."""
         kept = []
         for start, end in self._undo_ranges:
             lo = start if seq_le(left, start) else left
             hi = end if seq_le(end, right) else right
             if seq_lt(lo, hi):
-                claimed += seq_diff(hi, lo)
                 if seq_lt(start, lo):
                     kept.append((start, lo))
                 if seq_lt(hi, end):
@@ -583,7 +581,6 @@ class TcpConnection:
             else:
                 kept.append((start, end))
         self._undo_ranges = kept
-        return claimed
 
     def _loss_threshold(self) -> int:
         """SACKed bytes above a hole that make it lost (RFC 6675's IsLost, in bytes).
@@ -625,7 +622,6 @@ class TcpConnection:
         mss = self.mss
         flight = seq_diff(self.snd_max, self.snd_una)
         self._undo = (self.cwnd, self.ssthresh)
-        self._undo_retrans = 0
         self._undo_ranges = []
         self._pto_deadline = None
         self.ssthresh = max(flight // 2, 2 * mss)
@@ -661,9 +657,7 @@ class TcpConnection:
                 n = min(mss, unsent, self.snd_wnd - offset)
                 if n <= 0 or (n < mss and n < unsent):
                     break
-                flags = ACK | PSH if n == unsent else ACK
-                self._emit(flags, self.snd_nxt, bytes(self._sndbuf[offset : offset + n]))
-                self.snd_nxt = self.snd_max = (self.snd_nxt + n) & MASK
+                self._send_next(n)
             pipe += n
 
     def _resend(self, offset: int, n: int) -> None:
@@ -673,18 +667,16 @@ class TcpConnection:
         seq = (self.snd_una + offset) & MASK
         self._emit(ACK, seq, bytes(self._sndbuf[offset : offset + n]))
         self._high_rxt = max(self._high_rxt, offset + n)
-        self._undo_retrans += n
         self._undo_ranges.append((seq, (seq + n) & MASK))
 
     def _maybe_undo(self) -> None:
         """Once a recovery is over and D-SACKs showed each of its retransmissions to be
         needless, the losses were reordering: restore the window it cut, and wait for
         more duplicates next time before calling a segment lost."""
-        if self._undo is None or self.in_recovery or self._undo_retrans > 0:
+        if self._undo is None or self.in_recovery or self._undo_ranges:
             return
         cwnd, ssthresh = self._undo
         self._undo = None
-        self._undo_ranges = []
         self.cwnd = max(self.cwnd, cwnd)
         self.ssthresh = max(self.ssthresh, ssthresh)
         self.dupthresh = min(self.dupthresh * 2, MAX_DUPTHRESH)
@@ -971,14 +963,10 @@ class TcpConnection:
                         self._persist_deadline = now + self.rto
                     break
                 new_data = self.snd_nxt == self.snd_max
-                flags = ACK | PSH if n == unsent else ACK
-                self._emit(flags, self.snd_nxt, bytes(self._sndbuf[offset : offset + n]))
                 if new_data and self._rtt_seq is None:
                     self._rtt_seq = (self.snd_nxt + n) & MASK
                     self._rtt_time = now
-                self.snd_nxt = (self.snd_nxt + n) & MASK
-                if seq_lt(self.snd_max, self.snd_nxt):
-                    self.snd_max = self.snd_nxt
+                self._send_next(n)
                 if self._rtx_deadline is None:
                     self._arm_rtx(now)
                 sent_new = sent_new or new_data
@@ -999,6 +987,15 @@ class TcpConnection:
             break
         if sent_new:
             self._arm_pto(now)  # RFC 8985 7.2: restarted whenever new data goes out
+
+    def _send_next(self, n: int) -> None:
+        """Send the ``n`` bytes at snd_nxt (PSH on the last queued) and move past them."""
+        offset = seq_diff(self.snd_nxt, self.snd_una)
+        flags = ACK | PSH if offset + n == len(self._sndbuf) else ACK
+        self._emit(flags, self.snd_nxt, bytes(self._sndbuf[offset : offset + n]))
+        self.snd_nxt = (self.snd_nxt + n) & MASK
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
 
     def _arm_pto(self, now: float) -> None:
         """Schedule a tail loss probe two smoothed RTTs out, if it would beat the RTO."""
