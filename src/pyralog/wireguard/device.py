@@ -13,6 +13,12 @@ Nothing here reads a clock: ``now`` is monotonic seconds from the caller, and wa
 time (for TAI64N and ``last_handshake``) is ``now + clock_offset``, which the runtime sets.
 Malformed, unauthenticated or unexpected input never raises: it is dropped and counted in
 ``drops`` (reason -> count), and gets no reply.
+
+Runtime changes go through the configuration methods (the atomic, validated path over
+them is ``pyralog.link.control``). Two of them need care across the two peers:
+``set_preshared_key`` keeps the replaced key for ``psk_grace`` seconds so the sides may
+switch at different moments, and ``unknown_initiator_policy`` (see ``admission``) may
+admit a handshake from a key it has no peer for.
 """
 
 from __future__ import annotations
@@ -23,15 +29,18 @@ import itertools
 import math
 import os
 import random
-from collections import deque
 from collections.abc import Iterable, Iterator
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from pyralog.wireguard import events as ev
+from pyralog.wireguard.admission import Admission, UnknownInitiator, UnknownInitiatorPolicy
 from pyralog.wireguard.allowedips import AllowedIPs
 from pyralog.wireguard.constants import (
     DEFAULT_MTU,
     INITIATION_SIZE,
     KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -40,11 +49,13 @@ from pyralog.wireguard.constants import (
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     ZERO_KEY_MATERIAL_AFTER,
 )
 from pyralog.wireguard.cookie import CookieChecker
+from pyralog.wireguard.endpoint import Endpoint
 from pyralog.wireguard.handshake import (
     Handshake,
     HandshakeRejected,
@@ -82,13 +93,16 @@ from pyralog.wireguard.timers import (
     ZERO_KEY_MATERIAL,
 )
 
-Endpoint = ev.Endpoint
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network | str
 
 # Handshake messages per second above which we demand cookies (mac2) from initiators.
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 128
 UNDER_LOAD_HOLD = 1.0
 MAX_EVENTS = 4096
+# How long a replaced preshared key still opens handshakes: long enough for a peer that
+# switches later to be told and for one handshake retry cycle, short enough that an old
+# (say, pre-quantum-rotation) key soon stops counting.
+PSK_GRACE = REKEY_ATTEMPT_TIME
 
 _TRANSPORT_TYPE = MESSAGE_TRANSPORT
 _NONCE_PREFIX = bytes(4)
@@ -108,6 +122,8 @@ DROP_REASONS = (
     "initiation_flood",
     "invalid_static_key",
     "unexpected_response",
+    "no_initiation_to_answer",
+    "no_session_to_derive",
     "response_decrypt_failed",
     "low_order_ephemeral",
     "bad_cookie_reply",
@@ -122,6 +138,7 @@ DROP_REASONS = (
     "no_endpoint",
     "staged_overflow",
     "handshake_gave_up",
+    "admission_refused",  # the unknown-initiator policy admitted a key the Device refused
     "internal_error",  # a bug: never expected, always counted
 )
 
@@ -170,7 +187,13 @@ class Device:
         self._heap_seq = itertools.count()
         self._out_datagrams: list[tuple[bytes, Endpoint]] = []
         self._out_packets: list[bytes] = []
-        self._events: deque[ev.Event] = deque(maxlen=MAX_EVENTS)
+        self._events: list[ev.Event] = []
+        self.max_events = MAX_EVENTS
+        self.events_lost = 0  # ever; the queue's EventsLost marker says how many per drain
+        self._lost_pending = 0
+        self._lost_since = 0.0
+        self.psk_grace = PSK_GRACE
+        self.unknown_initiator_policy: UnknownInitiatorPolicy | None = None
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         # A test and operations knob: demand cookies regardless of the measured load.
         self.force_under_load = False
@@ -196,11 +219,16 @@ class Device:
 
     @property
     def has_events(self) -> bool:
-        return bool(self._events)
+        return bool(self._events) or self._lost_pending > 0
 
     def events(self) -> list[ev.Event]:
-        out = list(self._events)
-        self._events.clear()
+        """What happened since the last call, oldest first; if the queue overflowed, an
+        ``EventsLost`` marker comes last."""
+        out = self._events
+        self._events = []
+        if self._lost_pending:
+            out.append(ev.EventsLost(self._lost_since, self._lost_pending))
+            self._lost_pending = 0
         return out
 
     def next_deadline(self) -> float | None:
@@ -296,9 +324,36 @@ class Device:
     def set_preshared_key(
         self, public_key: PublicKey, preshared_key: PresharedKey | None, now: float
     ) -> None:
-        """Takes effect at the next handshake; the running session is not interrupted."""
+        """Takes effect at the next handshake; the running session is not interrupted.
+
+        The two peers seldom switch at the same instant, so for ``psk_grace`` seconds the
+        replaced key still works: as initiator we open a response under the new key or
+        else the old one; as responder we answer under the new key, and under the old one
+        if the peer retries after a response it could not use. The first handshake under
+        the new key on either side reports ``PresharedKeyConfirmed`` and retires the old
+        key; a response that opens under neither reports ``PresharedKeyRejected``.
+        """
         peer = self._require(public_key)
-        peer.handshake.preshared_key = (preshared_key or PresharedKey.ZERO).raw
+        new = (preshared_key or PresharedKey.ZERO).raw
+        hs = peer.handshake
+        if new == hs.preshared_key:
+            return
+        peer.psk_previous = hs.preshared_key
+        peer.psk_previous_until = now + self.psk_grace
+        peer.psk_unconfirmed = True
+        peer.psk_response_pending = False
+        hs.preshared_key = new
+
+    def rekey(self, public_key: PublicKey, now: float) -> bool:
+        """Start a new handshake with the peer now; the current session carries traffic
+        until the new one is confirmed. False if an initiation went out less than
+        REKEY_TIMEOUT ago (the protocol's limit; that handshake is still under way) or
+        cannot be sent (no private key or no endpoint, counted in ``drops``)."""
+        return self._send_initiation(self._require(public_key), now, is_retry=False)
+
+    def confirm_peer(self, public_key: PublicKey) -> None:
+        """A provisional peer (admitted by the unknown-initiator policy) becomes ordinary."""
+        self._require(public_key).provisional = False
 
     def set_endpoint(self, public_key: PublicKey, endpoint: Endpoint | None, now: float) -> None:
         peer = self._require(public_key)
@@ -432,7 +487,7 @@ class Device:
     def _timer_fired(self, peer: Peer, name: str, now: float) -> None:
         timers = peer.timers
         if name == RETRANSMIT_HANDSHAKE:
-            if timers.handshake_attempts >= _MAX_ATTEMPTS:
+            if timers.handshake_attempts >= MAX_TIMER_HANDSHAKES:
                 self._give_up_handshake(peer, now)
             else:
                 self._send_initiation(peer, now, is_retry=True)
@@ -516,16 +571,16 @@ class Device:
         ):
             self._send_initiation(peer, now, is_retry=False)
 
-    def _send_initiation(self, peer: Peer, now: float, *, is_retry: bool) -> None:
+    def _send_initiation(self, peer: Peer, now: float, *, is_retry: bool) -> bool:
         hs = peer.handshake
         timers = peer.timers
         if not is_retry:
             timers.handshake_attempts = 0
         if hs.last_sent is not None and now - hs.last_sent < REKEY_TIMEOUT:
-            return  # at most one initiation per REKEY_TIMEOUT
+            return False  # at most one initiation per REKEY_TIMEOUT
         if self.private_key is None or peer.endpoint is None:
             self.drops["no_private_key" if self.private_key is None else "no_endpoint"] += 1
-            return
+            return False
         if is_retry:
             timers.handshake_attempts += 1
         else:
@@ -534,14 +589,21 @@ class Device:
         self._forget_handshake(peer)
         index = self._new_index(hs)
         try:
-            msg = create_initiation(self.private_key, hs, index, tai64n(self._wall(now)))
+            msg = create_initiation(
+                self.private_key, hs, index, tai64n(self._wall(now)), self._ephemeral()
+            )
         except HandshakeRejected as e:
             del self._indices[index]
             self.drops[e.reason] += 1
-            return
+            return False
         datagram = peer.cookies.add_macs(msg.pack(), now)
         self._transmit_handshake(peer, datagram, now)
         timers.on_handshake_initiated(now)
+        return True
+
+    def _ephemeral(self) -> X25519PrivateKey:
+        # From the injectable urandom, so a test can make handshakes reproducible.
+        return X25519PrivateKey.from_private_bytes(self._urandom(32))
 
     def _transmit_handshake(self, peer: Peer, datagram: bytes, now: float) -> None:
         self._out_datagrams.append((datagram, peer.endpoint))
@@ -575,6 +637,9 @@ class Device:
             dropped = keypairs.confirm(kp)
             if dropped:
                 self._drop_keypairs(dropped)
+            if peer.psk_response_pending:
+                peer.psk_response_pending = False
+                self._psk_worked(peer, peer.psk_response_used_previous, now)
             self._handshake_complete(peer, now, initiator=False)
             if peer.staged:
                 self._send_staged(peer, now)
@@ -666,8 +731,9 @@ class Device:
             return
         peer = self._peers.get(PublicKey(remote_static))
         if peer is None:
-            self._unknown_peer(remote_static, endpoint, now)
-            return
+            peer = self._admit(remote_static, data, endpoint, now)
+            if peer is None:
+                return
         hs = peer.handshake
         try:
             consume_initiation(hs, msg, chaining_key, hash_value, now)
@@ -685,14 +751,25 @@ class Device:
         if self._indices.get(old_index) is hs:
             del self._indices[old_index]
         index = self._new_index(hs)
+        # Answer under the previous PSK only when the peer retried after our answer under
+        # the current one went unused (see set_preshared_key).
+        previous = self._previous_psk(peer, now)
+        use_previous = (
+            previous is not None
+            and peer.psk_response_pending
+            and not peer.psk_response_used_previous
+        )
+        psk = previous if use_previous and previous is not None else hs.preshared_key
         try:
-            response = create_response(hs, index)
+            response = create_response(hs, index, self._ephemeral(), psk)
         except HandshakeRejected as e:
             del self._indices[index]
             hs.clear()
             self.drops[e.reason] += 1
             return
         datagram = peer.cookies.add_macs(response.pack(), now)
+        peer.psk_response_pending = True
+        peer.psk_response_used_previous = use_previous
         self._begin_session(peer, now)
         peer.timers.on_session_derived(now)
         self._transmit_handshake(peer, datagram, now)
@@ -706,12 +783,20 @@ class Device:
             self.drops["unknown_index"] += 1
             return
         assert self.private_key is not None
+        peer: Peer = hs.owner  # type: ignore[assignment]
+        previous = self._previous_psk(peer, now)
+        keys = (hs.preshared_key,) if previous is None else (hs.preshared_key, previous)
         try:
-            consume_response(self.private_key, hs, msg)
+            position = consume_response(self.private_key, hs, msg, keys)
         except HandshakeRejected as e:
             self.drops[e.reason] += 1
+            # Once per initiation: a forged response (mac1 needs only our public key)
+            # must not become a stream of alarms.
+            if e.reason == "response_decrypt_failed" and hs.last_sent != peer.psk_rejected_at:
+                peer.psk_rejected_at = hs.last_sent
+                self._event(ev.PresharedKeyRejected(self._wall(now), peer.public_key))
             return
-        peer: Peer = hs.owner  # type: ignore[assignment]
+        self._psk_worked(peer, position == 1, now)
         peer.rx_bytes += len(data)
         peer.rx_packets += 1
         if peer.endpoint != endpoint:
@@ -777,6 +862,54 @@ class Device:
                 self._indices[index] = hs
                 return index
 
+    # -- preshared key roll-over and admission -----------------------------------------
+
+    def _previous_psk(self, peer: Peer, now: float) -> bytes | None:
+        """The replaced PSK while it is still accepted (forgotten once it is not)."""
+        if peer.psk_previous is None:
+            return None
+        if now >= peer.psk_previous_until:
+            peer.psk_previous = None
+            return None
+        return peer.psk_previous
+
+    def _psk_worked(self, peer: Peer, used_previous: bool, now: float) -> None:
+        if used_previous or not peer.psk_unconfirmed:
+            return  # the peer is still on the old key, or nothing changed
+        peer.psk_unconfirmed = False
+        peer.psk_previous = None
+        self._event(ev.PresharedKeyConfirmed(self._wall(now), peer.public_key))
+
+    def _admit(
+        self, remote_static: bytes, data: bytes, endpoint: Endpoint, now: float
+    ) -> Peer | None:
+        policy = self.unknown_initiator_policy
+        if policy is None:
+            self._unknown_peer(remote_static, endpoint, now)
+            return None
+        key = PublicKey(remote_static)
+        decision = policy(UnknownInitiator(key, endpoint, bytes(data), now))
+        if not isinstance(decision, Admission):
+            self._unknown_peer(remote_static, endpoint, now)
+            return None
+        try:
+            peer = self.add_peer(
+                key,
+                now,
+                preshared_key=decision.preshared_key,
+                endpoint=endpoint,
+                allowed_ips=decision.allowed_ips,
+            )
+            if decision.persistent_keepalive:
+                self.set_persistent_keepalive(key, decision.persistent_keepalive, now)
+        except (ConfigError, InvalidKeyError):
+            self.remove_peer(key, now)
+            self.drops["admission_refused"] += 1
+            return None
+        peer.provisional = True
+        self._event(ev.PeerAdmitted(self._wall(now), key, endpoint))
+        return peer
+
     # -- misc --------------------------------------------------------------------------
 
     def _roam(self, peer: Peer, endpoint: Endpoint, now: float) -> None:
@@ -797,7 +930,13 @@ class Device:
             self._unknown_since_report = 0
 
     def _event(self, event: ev.Event) -> None:
-        self._events.append(event)
+        if len(self._events) < self.max_events:
+            self._events.append(event)
+            return
+        if not self._lost_pending:
+            self._lost_since = event.time
+        self._lost_pending += 1
+        self.events_lost += 1
 
     def _wall(self, now: float) -> float:
         return now + self.clock_offset
@@ -808,9 +947,6 @@ class Device:
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(list(self._peers.values()))
-
-
-_MAX_ATTEMPTS = 18  # REKEY_ATTEMPT_TIME / REKEY_TIMEOUT
 
 
 def _check_keepalive(interval: int) -> None:

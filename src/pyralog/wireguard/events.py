@@ -1,18 +1,19 @@
 """Events a Device reports to the layers above (metrics, health, audit, logs).
 
 Small immutable classes, in the style of h11's events. They are produced on handshake and
-session changes only, never per data packet, and the Device keeps a bounded queue of
-them so a consumer that never drains it costs nothing but the newest few thousand.
+session changes only, never per data packet. The Device keeps a bounded queue of them; a
+consumer that falls behind loses the newest, never silently: the next drain ends with an
+``EventsLost`` marker saying how many, and ``Device.events_lost`` counts them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from pyralog.wireguard.endpoint import Endpoint
 from pyralog.wireguard.keys import PublicKey
 
-Endpoint = Any  # whatever the runtime uses as an address, e.g. ("192.0.2.1", 51820)
+__all__ = ["Endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +72,34 @@ class UnknownPeerHandshake(Event):
     public_key: PublicKey
     endpoint: Endpoint
     dropped_since_last: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresharedKeyConfirmed(Event):
+    """The first handshake under a newly set preshared key completed: both sides hold it."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class PresharedKeyRejected(Event):
+    """The peer's handshake response opened under none of our preshared keys (the current
+    one, nor the previous one while it is still accepted): the two sides disagree."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAdmitted(Event):
+    """The unknown-initiator policy admitted this key as a provisional peer."""
+
+    peer: PublicKey
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class EventsLost(Event):
+    """The queue was full: ``count`` events after the ones before this marker were lost.
+    ``time`` is when the first of them was."""
+
+    count: int

@@ -4,12 +4,19 @@ One ``Handshake`` per peer holds the in-progress state for both roles. Functions
 compute messages and validate them; they never touch the network, the clock or the
 index table. A failed validation raises ``HandshakeRejected`` naming the reason, and
 leaves the handshake exactly as it was.
+
+Randomness can come from the caller: each function that needs an ephemeral key takes one
+(the Device makes them from its injectable ``urandom``), so tests can replay handshakes
+byte for byte; without one, a fresh key comes from OpenSSL. The preshared key is an
+argument too: the Device may hold two for a peer while a new one is rolled out (see
+``consume_response``).
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -107,12 +114,17 @@ class Handshake:
 
 
 def create_initiation(
-    identity: PrivateKey, hs: Handshake, sender_index: int, timestamp: bytes
+    identity: PrivateKey,
+    hs: Handshake,
+    sender_index: int,
+    timestamp: bytes,
+    ephemeral: X25519PrivateKey | None = None,
 ) -> Initiation:
     """Build an initiation (macs left zero) and move ``hs`` to INITIATION_CREATED."""
     if hs.static_static == _ZERO_KEY:
         raise HandshakeRejected("invalid_static_key")
-    ephemeral = X25519PrivateKey.generate()
+    if ephemeral is None:
+        ephemeral = X25519PrivateKey.generate()
     e_pub = _public_bytes(ephemeral)
     c = kdf1(INITIAL_CHAIN_KEY, e_pub)
     h = hash_(hs.initial_hash, e_pub)
@@ -189,11 +201,20 @@ def consume_initiation(
     hs.state = State.INITIATION_CONSUMED
 
 
-def create_response(hs: Handshake, sender_index: int) -> Response:
-    """Answer a consumed initiation (macs left zero); moves ``hs`` to RESPONSE_CREATED."""
+def create_response(
+    hs: Handshake,
+    sender_index: int,
+    ephemeral: X25519PrivateKey | None = None,
+    preshared_key: bytes | None = None,
+) -> Response:
+    """Answer a consumed initiation (macs left zero); moves ``hs`` to RESPONSE_CREATED.
+    ``preshared_key`` defaults to the handshake's own."""
     if hs.state != State.INITIATION_CONSUMED:
         raise HandshakeRejected("no_initiation_to_answer")
-    ephemeral = X25519PrivateKey.generate()
+    if ephemeral is None:
+        ephemeral = X25519PrivateKey.generate()
+    if preshared_key is None:
+        preshared_key = hs.preshared_key
     e_pub = _public_bytes(ephemeral)
     c = kdf1(hs.chaining_key, e_pub)
     h = hash_(hs.hash, e_pub)
@@ -202,7 +223,7 @@ def create_response(hs: Handshake, sender_index: int) -> Response:
         c = kdf1(c, dh(ephemeral, hs.remote_static))
     except LowOrderPointError:
         raise HandshakeRejected("low_order_ephemeral") from None
-    c, tau, k = kdf3(c, hs.preshared_key)
+    c, tau, k = kdf3(c, preshared_key)
     h = hash_(h, tau)
     empty = aead_encrypt(k, 0, b"", h)
     h = hash_(h, empty)
@@ -215,8 +236,19 @@ def create_response(hs: Handshake, sender_index: int) -> Response:
     return Response(sender_index, hs.remote_index, e_pub, empty)
 
 
-def consume_response(identity: PrivateKey, hs: Handshake, msg: Response) -> None:
-    """Validate a response to our initiation; moves ``hs`` to RESPONSE_CONSUMED."""
+def consume_response(
+    identity: PrivateKey,
+    hs: Handshake,
+    msg: Response,
+    preshared_keys: Sequence[bytes] | None = None,
+) -> int:
+    """Validate a response to our initiation; moves ``hs`` to RESPONSE_CONSUMED.
+
+    The response is sealed under the responder's preshared key, which the initiator
+    cannot see: each of ``preshared_keys`` is tried in turn (the Diffie-Hellman work is
+    done once) and the position of the one that opened it is returned. The default is
+    the handshake's own key alone.
+    """
     if hs.state != State.INITIATION_CREATED or hs.local_ephemeral is None:
         raise HandshakeRejected("unexpected_response")
     c = kdf1(hs.chaining_key, msg.ephemeral)
@@ -226,18 +258,19 @@ def consume_response(identity: PrivateKey, hs: Handshake, msg: Response) -> None
         c = kdf1(c, identity.exchange(msg.ephemeral))
     except LowOrderPointError:
         raise HandshakeRejected("low_order_ephemeral") from None
-    c, tau, k = kdf3(c, hs.preshared_key)
-    h = hash_(h, tau)
-    try:
-        aead_decrypt(k, 0, msg.empty, h)
-    except AuthenticationError:
-        raise HandshakeRejected("response_decrypt_failed") from None
-    h = hash_(h, msg.empty)
-
-    hs.chaining_key = c
-    hs.hash = h
-    hs.remote_index = msg.sender
-    hs.state = State.RESPONSE_CONSUMED
+    for position, psk in enumerate(preshared_keys or (hs.preshared_key,)):
+        c_psk, tau, k = kdf3(c, psk)
+        h_psk = hash_(h, tau)
+        try:
+            aead_decrypt(k, 0, msg.empty, h_psk)
+        except AuthenticationError:
+            continue
+        hs.chaining_key = c_psk
+        hs.hash = hash_(h_psk, msg.empty)
+        hs.remote_index = msg.sender
+        hs.state = State.RESPONSE_CONSUMED
+        return position
+    raise HandshakeRejected("response_decrypt_failed")
 
 
 def derive_transport_keys(hs: Handshake) -> tuple[bytes, bytes, bool]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pyralog.wireguard.constants import MAX_STAGED_PACKETS
 from pyralog.wireguard.cookie import CookieGenerator
-from pyralog.wireguard.events import Endpoint
+from pyralog.wireguard.endpoint import Endpoint
 from pyralog.wireguard.handshake import Handshake
 from pyralog.wireguard.keypair import Keypairs
 from pyralog.wireguard.keys import PresharedKey, PublicKey
@@ -27,6 +27,13 @@ class Peer:
         "handshake",
         "keypairs",
         "last_handshake",
+        "provisional",
+        "psk_previous",
+        "psk_previous_until",
+        "psk_rejected_at",
+        "psk_response_pending",
+        "psk_response_used_previous",
+        "psk_unconfirmed",
         "public_key",
         "removed",
         "rx_bytes",
@@ -59,6 +66,17 @@ class Peer:
         self.last_handshake: float | None = None  # wall-clock seconds, for `wg show`
         self.wake = math.inf  # earliest deadline already in the Device's heap
         self.removed = False
+        # Admitted by the unknown-initiator policy and not yet confirmed by its owner.
+        self.provisional = False
+        # PSK roll-over (see Device.set_preshared_key): the key replaced last, accepted
+        # until psk_previous_until; whether the current one has been seen to work; and
+        # what our last unconfirmed handshake response was sealed under.
+        self.psk_previous: bytes | None = None
+        self.psk_previous_until = -math.inf
+        self.psk_unconfirmed = False
+        self.psk_response_pending = False
+        self.psk_response_used_previous = False
+        self.psk_rejected_at: float | None = None  # the initiation last reported rejected
 
     @property
     def preshared_key(self) -> PresharedKey:
