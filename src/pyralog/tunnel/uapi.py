@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pyralog.wireguard import endpoint
 from pyralog.wireguard.device import ConfigError, Device
+from pyralog.wireguard.endpoint import Endpoint, format_endpoint
 from pyralog.wireguard.keys import (
     InvalidKeyError,
     PresharedKey,
@@ -79,33 +81,13 @@ def _int(key: str, value: str, low: int, high: int) -> int:
     return n
 
 
-def parse_endpoint(value: str) -> tuple[str, int]:
-    """``1.2.3.4:51820`` or ``[2001:db8::1]:51820`` (optionally ``%scope``) -> (host, port)."""
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise _invalid(f"endpoint {value!r}: expected [IPv6]:PORT")
-        address = host.split("%", 1)[0]
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep:
-            raise _invalid(f"endpoint {value!r}: expected HOST:PORT")
-        address = host
+def parse_endpoint(value: str) -> Endpoint:
+    """``1.2.3.4:51820`` or ``[2001:db8::1]:51820`` (optionally ``%scope``) -> (host, port),
+    in the canonical spelling the UDP layer reports sources in."""
     try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        raise _invalid(f"endpoint {value!r}: {address!r} is not an IP address") from None
-    if value.startswith("[") != (parsed.version == 6):
-        raise _invalid(f"endpoint {value!r}: IPv6 addresses go in brackets")
-    # Canonical spelling, as the kernel reports sources: roaming compares endpoints as text.
-    scope = host.partition("%")[2]
-    canonical = f"{parsed}%{scope}" if scope else str(parsed)
-    return canonical, _int("endpoint port", port, 1, 65535)
-
-
-def format_endpoint(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return endpoint.parse_endpoint(value)
+    except endpoint.EndpointError as e:
+        raise _invalid(str(e)) from None
 
 
 @dataclass

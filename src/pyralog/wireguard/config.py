@@ -1,7 +1,8 @@
 """wg-quick style configuration files: ``[Interface]`` and ``[Peer]`` sections.
 
-Parsing only (no IO beyond reading the text given): every error names the file, the line
-and the key, e.g. ``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not an IP network``.
+``parse`` works on text and does no IO; ``load`` is the one function here that reads a
+file, for callers' convenience. Every error names the file, the line and the key, e.g.
+``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not an IP network``.
 Keys that only wg-quick acts on (DNS, Table, PreUp, PostUp, ...) are accepted and kept in
 ``Interface.extra`` so one file can serve both wg-quick and embedded mode.
 """
@@ -12,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from pyralog.wireguard.constants import DEFAULT_MTU
+from pyralog.wireguard.endpoint import Endpoint, parse_endpoint
 from pyralog.wireguard.keys import InvalidKeyError, PresharedKey, PrivateKey, PublicKey
 
 WG_QUICK_ONLY = {"dns", "table", "preup", "postup", "predown", "postdown", "saveconfig", "fwmark"}
@@ -28,7 +30,7 @@ class ConfigFileError(ValueError):
 class PeerConfig:
     public_key: PublicKey
     preshared_key: PresharedKey | None = None
-    endpoint: tuple[str, int] | None = None  # host may be a name; resolve before use
+    endpoint: Endpoint | None = None  # host may be a name; resolve before use
     allowed_ips: list[Network] = field(default_factory=list)
     persistent_keepalive: int = 0
     line: int = 0
@@ -48,22 +50,6 @@ class Config:
     interface: InterfaceConfig
     peers: list[PeerConfig]
     path: str = "<config>"
-
-
-def _endpoint(value: str) -> tuple[str, int]:
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{value!r} is not [IPv6]:PORT")
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{value!r} is not HOST:PORT")
-        if ":" in host:
-            raise ValueError(f"{value!r}: put IPv6 addresses in brackets, [addr]:port")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port {port!r} is not 1-65535")
-    return host, int(port)
 
 
 def _int(value: str, low: int, high: int) -> int:
@@ -178,7 +164,7 @@ def _peer(values: Section, section_line: int, path: str) -> PeerConfig:
                 if key == "presharedkey":
                     peer.preshared_key = PresharedKey.from_base64(value)
                 elif key == "endpoint":
-                    peer.endpoint = _endpoint(value)
+                    peer.endpoint = parse_endpoint(value, allow_names=True)
                 elif key == "allowedips":
                     peer.allowed_ips += [
                         ipaddress.ip_network(n, strict=False) for n in _list(value)
