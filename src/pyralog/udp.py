@@ -1,8 +1,8 @@
 """The UDP side: one IPv4 and one IPv6 socket on the same port, as wireguard-go binds them.
 
-Both runtimes around the sans-IO Device use it: the pyralog-wg daemon (pyralog.tunnel)
-and the embedded tunnel (pyralog.netstack.embedded). It sits below both, next to nothing
-but the standard library, so that tunnel and netstack never import each other.
+Both runtimes around the sans-IO Device use it, through the link (pyralog.link): the
+pyralog-wg daemon (pyralog.tunnel) and the embedded tunnel (pyralog.netstack.embedded).
+It sits below both and needs nothing of ours but the Endpoint type.
 
 Endpoints are ``(host, port)`` tuples for both families (scoped IPv6 hosts keep their
 ``%scope``), so the Device sees one shape whatever socket a datagram came in on.
@@ -20,6 +20,8 @@ import errno
 import socket
 import struct
 
+from pyralog.wireguard.endpoint import Endpoint
+
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SOCKET_BUFFER = 1024 * 1024
 UDP_SEGMENT = 103  # linux/udp.h
@@ -28,8 +30,6 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 _SEGMENT_SIZES = [struct.pack("=H", n) for n in range(65536)]
-
-Endpoint = tuple[str, int]
 
 
 _TRANSIENT_SEND_ERRORS = frozenset(
@@ -182,8 +182,7 @@ class UdpTransport:
             elif e.errno not in _TRANSIENT_SEND_ERRORS:
                 raise
 
-    @staticmethod
-    def receive_many(sock: socket.socket, limit: int) -> list[tuple[bytes, Endpoint]]:
+    def receive_many(self, sock: socket.socket, limit: int) -> list[tuple[bytes, Endpoint]]:
         """Up to ``limit`` reads; coalesced (GRO) reads are split back into datagrams."""
         out: list[tuple[bytes, Endpoint]] = []
         recvmsg = sock.recvmsg

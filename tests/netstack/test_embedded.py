@@ -394,7 +394,7 @@ def test_udp_echo_round_trip_sizes_and_oversize() -> None:
     async def main() -> None:
         async with tunnel_pair() as (a, b):
             server, client = Collector(echo=True), Collector()
-            server_t, _ = await a.create_datagram_endpoint(lambda: server, local_port=5300)
+            server_t, _ = await a.create_datagram_endpoint(lambda: server, local_addr=(A_IP, 5300))
             client_t, _ = await b.create_datagram_endpoint(lambda: client)
             assert server_t.get_extra_info("sockname") == (A_IP, 5300)
             client_addr = client_t.get_extra_info("sockname")
@@ -435,14 +435,14 @@ def test_udp_connected_endpoint_uses_remote_addr_and_filters_sources() -> None:
         async with tunnel_pair() as (a, b):
             client = Collector()
             server_t, _ = await a.create_datagram_endpoint(
-                lambda: Collector(echo=True), local_port=5301
+                lambda: Collector(echo=True), local_addr=(A_IP, 5301)
             )
             client_t, _ = await b.create_datagram_endpoint(lambda: client, remote_addr=(A_IP, 5301))
             client_t.sendto(b"ping")  # no address: goes to remote_addr
             got, _ = await asyncio.wait_for(client.queue.get(), 5)
             assert got == b"ping"
             # A datagram from another port of A does not reach the connected endpoint.
-            other_t, _ = await a.create_datagram_endpoint(Collector, local_port=5302)
+            other_t, _ = await a.create_datagram_endpoint(Collector, local_addr=(A_IP, 5302))
             other_t.sendto(b"stranger", client_t.get_extra_info("sockname"))
             client_t.sendto(b"pong")
             got, _ = await asyncio.wait_for(client.queue.get(), 5)
@@ -491,7 +491,7 @@ def test_close_releases_udp_sockets_and_resets_peer_connections() -> None:
                 assert await asyncio.wait_for(a_reader.readexactly(5), 5) == b"world"
 
             port = a.listen_port
-            sockets = a._udp.sockets()  # type: ignore[union-attr]
+            sockets = a.link.udp.sockets()  # type: ignore[union-attr]
             assert not _port_is_free(port)
             await a.close()
             assert all(s.fileno() == -1 for s in sockets)

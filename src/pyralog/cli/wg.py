@@ -66,6 +66,8 @@ def setup_logging(level_name: str | None, name: str) -> None:
 
 
 def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 and root)
+    from pyralog.link import Link
+    from pyralog.link.transform import from_names
     from pyralog.tunnel.linkwatch import LinkWatch
     from pyralog.tunnel.runtime import Runtime
     from pyralog.tunnel.tun import TunError, TunInterface, validate_interface_name
@@ -99,7 +101,12 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         device = Device(clock_offset=time.time() - time.monotonic())
         # Test and operations knob: demand cookies from every initiator, as under load.
         device.force_under_load = os.environ.get("PYRALOG_FORCE_UNDER_LOAD") == "1"
-        return Runtime(device, tun, udp, uapi, links)
+        try:
+            # Test and benchmark knob: datagram transforms by name, nearest the Device first.
+            transforms = from_names(os.environ.get("PYRALOG_TRANSFORMS", ""))
+        except ValueError as e:
+            raise StartupError(f"PYRALOG_TRANSFORMS: {e}") from None
+        return Runtime(Link(device, udp, transforms), tun, uapi, links)
     except StartupError:
         for close in reversed(closers):
             close()

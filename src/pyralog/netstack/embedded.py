@@ -1,14 +1,22 @@
-"""An embedded WireGuard tunnel: the Device, its UDP sockets and the netstack in one process.
+"""An embedded WireGuard tunnel: the Device, its link and the netstack in one process.
 
 No root, no TUN, no capabilities: the tunnel's IP packets never reach the kernel, they
-go between the Device and the userspace stack. The asyncio API mirrors the standard
-library's::
+go between the Device and the userspace stack. What happens between the Device and UDP
+(batching, transforms, timers, the control path) is the link's (``pyralog.link``),
+shared with pyralog-wg; this module adds the stack and the asyncio API, whose methods
+take asyncio's own arguments and return its types::
 
     tunnel = await EmbeddedTunnel.start(load("wg0.conf"))
     reader, writer = await tunnel.open_connection("10.0.0.1", 8080)
     server = await tunnel.start_server(handle, port=8080)
-    transport, protocol = await tunnel.create_datagram_endpoint(MyProtocol, local_port=53)
+    transport, protocol = await tunnel.create_datagram_endpoint(
+        MyProtocol, local_addr=("10.0.0.2", 53)
+    )
+    tunnel.apply(SetRequest(peers=[PeerChange(key, endpoint=("192.0.2.9", 51820))]))
     await tunnel.close()
+
+Programs that should not care whether the kernel or this stack carries the tunnel use
+``pyralog.net`` instead, which wraps both behind one interface.
 """
 
 from __future__ import annotations
@@ -18,15 +26,19 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from pyralog.link import Link, SetRequest, Transform
+from pyralog.link.control import PeerChange
 from pyralog.netstack.stack import Stack
 from pyralog.netstack.tcp import TcpConnection
 from pyralog.netstack.transports import DatagramTransport, TcpTransport
 from pyralog.udp import UdpTransport
 from pyralog.wireguard.config import Config
 from pyralog.wireguard.device import Device
+from pyralog.wireguard.endpoint import Endpoint, canonical
+from pyralog.wireguard.keys import PublicKey
 
 STREAM_LIMIT = 2**16
 # Bursts from a fast sender outrun one Python thread; a deep buffer (up to what the
@@ -34,28 +46,46 @@ STREAM_LIMIT = 2**16
 SOCKET_BUFFER = 4 * 1024 * 1024
 BATCH = 64  # datagrams taken per readable event before the stack runs and replies leave
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+Address = tuple[str, int]
 
 
-def _normalize(address: tuple[Any, ...]) -> tuple[str, int]:
-    """A socket address as the Device sees endpoints: IPv4-mapped IPv6 becomes IPv4."""
-    host = address[0]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return host, address[1]
+class TunnelSocket:
+    """What ``TunnelServer.sockets`` holds: the listening address, socket-like enough for
+    code that reads ``getsockname()`` (there is no file descriptor)."""
+
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+    def __init__(self, address: Address) -> None:
+        self._address = address
+        if ":" in address[0]:
+            self.family = socket.AF_INET6
+
+    def getsockname(self) -> Address:
+        return self._address
+
+    def fileno(self) -> int:
+        return -1
+
+    def __repr__(self) -> str:
+        return f"<TunnelSocket {self._address[0]}:{self._address[1]}>"
 
 
 class TunnelServer:
-    """What ``start_server`` returns: close it to stop accepting."""
+    """What ``start_server``/``create_server`` return, like ``asyncio.Server``."""
 
     def __init__(self, tunnel: EmbeddedTunnel, port: int, host: str | None) -> None:
         self._tunnel = tunnel
         self.port = port
         self.host = host
+        hosts = [host] if host else [str(a) for a in tunnel.stack.addresses]
+        self.sockets: tuple[TunnelSocket, ...] = tuple(TunnelSocket((h, port)) for h in hosts)
         self._closed = asyncio.Event()
 
     def close(self) -> None:
-        self._tunnel.stack.unlisten(self.port, self.host)
-        self._closed.set()
+        if not self._closed.is_set():
+            self._tunnel.stack.unlisten(self.port, self.host)
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -63,15 +93,33 @@ class TunnelServer:
     def is_serving(self) -> bool:
         return not self._closed.is_set()
 
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._tunnel.loop
+
+    async def start_serving(self) -> None:
+        """Serving starts at creation; here for asyncio.Server's interface."""
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._closed.wait()
+        finally:
+            self.close()
+
     async def __aenter__(self) -> TunnelServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+        await self.wait_closed()
 
 
 class EmbeddedTunnel:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        transforms: Iterable[Transform] = (),
+    ) -> None:
         iface = config.interface
         if not iface.addresses:
             raise ValueError(f"{config.path}: [Interface] needs an Address for embedded mode")
@@ -84,7 +132,8 @@ class EmbeddedTunnel:
         self.stack = Stack(
             [str(a.ip) for a in iface.addresses], mtu=iface.mtu, verify_checksums=False
         )
-        self._udp: UdpTransport | None = None
+        self._transforms = list(transforms)
+        self.link: Link | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._kick_pending = False
@@ -94,8 +143,8 @@ class EmbeddedTunnel:
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, config: Config) -> EmbeddedTunnel:
-        tunnel = cls(config, asyncio.get_running_loop())
+    async def start(cls, config: Config, *, transforms: Iterable[Transform] = ()) -> EmbeddedTunnel:
+        tunnel = cls(config, asyncio.get_running_loop(), transforms)
         await tunnel._open()
         return tunnel
 
@@ -103,25 +152,26 @@ class EmbeddedTunnel:
         # The daemon's UDP sockets (IPv4 and IPv6 on one port, GSO sends, GRO reads), read
         # from this event loop a batch at a time: asyncio's datagram transport would run
         # the whole stack once per datagram.
-        self._udp = UdpTransport(self.config.interface.listen_port or 0, buffer=SOCKET_BUFFER)
-        for sock in self._udp.sockets():
-            self.loop.add_reader(sock.fileno(), self._on_readable, sock)
-        now = self.now()
+        udp = UdpTransport(self.config.interface.listen_port or 0, buffer=SOCKET_BUFFER)
+        self.link = Link(self.device, udp, self._transforms)
+        self.link.attach(self)
+        peers = []
         for peer in self.config.peers:
             endpoint = None
             if peer.endpoint is not None:
                 endpoint = await self._resolve(*peer.endpoint)
-            self.device.add_peer(
-                peer.public_key,
-                now,
-                preshared_key=peer.preshared_key,
-                endpoint=endpoint,
-                allowed_ips=peer.allowed_ips,
-                persistent_keepalive=peer.persistent_keepalive,
+            peers.append(
+                PeerChange(
+                    peer.public_key,
+                    preshared_key=peer.preshared_key,
+                    endpoint=endpoint,
+                    allowed_ips=list(peer.allowed_ips),
+                    persistent_keepalive=peer.persistent_keepalive,
+                )
             )
-        self._pump()
+        self.apply(SetRequest(peers=peers))
 
-    async def _resolve(self, host: str, port: int) -> tuple[str, int]:
+    async def _resolve(self, host: str, port: int) -> Endpoint:
         try:
             return str(ipaddress.ip_address(host)), port
         except ValueError:
@@ -129,12 +179,17 @@ class EmbeddedTunnel:
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         if not infos:
             raise OSError(f"cannot resolve endpoint {host}")
-        return _normalize(infos[0][4])
+        address = infos[0][4]
+        return canonical(address[0], address[1])
 
     @property
     def listen_port(self) -> int:
-        assert self._udp is not None
-        return self._udp.port
+        return self._link().listen_port()
+
+    def _link(self) -> Link:
+        if self.link is None:
+            raise RuntimeError("the tunnel is not started (use EmbeddedTunnel.start)")
+        return self.link
 
     async def close(self) -> None:
         if self._closed:
@@ -150,17 +205,36 @@ class EmbeddedTunnel:
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
-        if self._udp is not None:
-            for sock in self._udp.sockets():
-                self.loop.remove_reader(sock.fileno())
-            self._udp.close()
-            self._udp = None
+        if self.link is not None:
+            self.link.close()
 
     async def __aenter__(self) -> EmbeddedTunnel:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- runtime configuration (the link's control path) --------------------------------
+
+    def apply(self, change: SetRequest) -> None:
+        """Change keys, peers, endpoints, PSKs or the listen port at runtime, atomically
+        (raises ``ConfigChangeError`` and changes nothing if any part is wrong)."""
+        self._link().apply(change, self.now())
+        self._reschedule()
+
+    def rekey(self, peer: PublicKey) -> bool:
+        """Start a new handshake with ``peer`` now (see ``Device.rekey``)."""
+        started = self._link().rekey(peer, self.now())
+        self._reschedule()
+        return started
+
+    # -- link.SocketWatcher -------------------------------------------------------------------
+
+    def watch(self, sock: socket.socket) -> None:
+        self.loop.add_reader(sock.fileno(), self._on_readable, sock)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock.fileno())
 
     # -- the Host interface for transports --------------------------------------------------
 
@@ -183,10 +257,8 @@ class EmbeddedTunnel:
     # -- packet plumbing -------------------------------------------------------------------
 
     def _on_readable(self, sock: socket.socket) -> None:
-        receive = self.device.receive_datagram
-        now = self.now()
-        for data, endpoint in UdpTransport.receive_many(sock, BATCH):
-            receive(data, endpoint, now)
+        if self.link is not None:
+            self.link.receive(sock, self.now(), BATCH)
         self._pump()
 
     def _pump(self) -> None:
@@ -208,14 +280,15 @@ class EmbeddedTunnel:
                 device.send_packet(packet, now)
             if not moved:
                 break
-        datagrams = device.datagrams_to_send()
-        if datagrams and self._udp is not None:
-            self._udp.send_many(datagrams)
+        if self.link is not None:
+            self.link.flush(now)
         self._reschedule()
 
     def _reschedule(self) -> None:
-        deadlines = [d for d in (self.device.next_deadline(), self.stack.next_deadline()) if d]
-        if not deadlines or self._closed:
+        if self.link is None or self._closed:
+            return
+        deadlines = [d for d in (self.link.next_deadline(), self.stack.next_deadline()) if d]
+        if not deadlines:
             return
         when = min(deadlines)
         if self._timer_at is not None and self._timer_at <= when:
@@ -229,27 +302,47 @@ class EmbeddedTunnel:
         self._timer = None
         self._timer_at = None
         now = self.now()
-        self.device.tick(now)
+        if self.link is not None:
+            self.link.tick(now)
         self.stack.tick(now)
         self._pump()
 
     # -- the asyncio API -------------------------------------------------------------------
 
     async def open_connection(
-        self, host: str, port: int, *, limit: int = STREAM_LIMIT
+        self,
+        host: str,
+        port: int,
+        *,
+        limit: int = STREAM_LIMIT,
+        local_addr: Address | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader = asyncio.StreamReader(limit=limit, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
-        await self.create_connection(lambda: protocol, host, port)
-        transport = protocol._transport  # type: ignore[attr-defined]
+        transport, _ = await self.create_connection(
+            lambda: protocol, host, port, local_addr=local_addr
+        )
         writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
         return reader, writer
 
     async def create_connection(
-        self, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int
+        self,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        host: str,
+        port: int,
+        *,
+        local_addr: Address | None = None,
     ) -> tuple[TcpTransport, asyncio.Protocol]:
         connected: asyncio.Future[None] = self.loop.create_future()
-        conn: TcpConnection = self.stack.connect(host, port, None, self.now())  # type: ignore[arg-type]
+        local_host, local_port = local_addr if local_addr is not None else (None, 0)
+        conn: TcpConnection = self.stack.connect(
+            host,
+            port,
+            None,  # type: ignore[arg-type]  # the transport below becomes the owner
+            self.now(),
+            local_host=local_host or None,
+            local_port=local_port,
+        )
         transport = TcpTransport(self, conn, protocol_factory, self._extra(conn), connected)
         self._pump()
         try:
@@ -265,7 +358,7 @@ class EmbeddedTunnel:
         self,
         client_connected_cb: ClientCallback,
         host: str | None = None,
-        port: int = 0,
+        port: int | None = None,
         *,
         limit: int = STREAM_LIMIT,
     ) -> TunnelServer:
@@ -281,21 +374,23 @@ class EmbeddedTunnel:
         self,
         protocol_factory: Callable[[], asyncio.Protocol],
         host: str | None = None,
-        port: int = 0,
+        port: int | None = None,
     ) -> TunnelServer:
         def accept(conn: TcpConnection) -> TcpTransport:
             return TcpTransport(self, conn, protocol_factory, self._extra(conn))
 
-        bound = self.stack.listen(port, accept, host)
+        host = host or None  # asyncio's "" means every address, as None does
+        bound = self.stack.listen(port or 0, accept, host)
         return TunnelServer(self, bound, host)
 
     async def create_datagram_endpoint(
         self,
         protocol_factory: Callable[[], asyncio.DatagramProtocol],
-        local_port: int = 0,
-        remote_addr: tuple[str, int] | None = None,
-        local_host: str | None = None,
+        local_addr: Address | None = None,
+        remote_addr: Address | None = None,
     ) -> tuple[DatagramTransport, asyncio.DatagramProtocol]:
+        local_host, local_port = local_addr if local_addr is not None else (None, 0)
+        local_host = local_host or None
         protocol = protocol_factory()
         holder: list[DatagramTransport] = []
         port = self.stack.udp_bind(

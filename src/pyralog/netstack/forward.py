@@ -203,7 +203,7 @@ class Forwarder:
 
             relay = _UdpRelay(open_local)
             transport, _ = await self.tunnel.create_datagram_endpoint(
-                lambda: relay, local_port=fwd.listen_port
+                lambda: relay, local_addr=("", fwd.listen_port)
             )
             self._servers.append(transport)
             self._relays.append(relay)

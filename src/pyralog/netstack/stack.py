@@ -97,13 +97,33 @@ class Stack:
     # -- TCP API -------------------------------------------------------------------------
 
     def connect(
-        self, remote_host: str, remote_port: int, owner: TcpOwner, now: float
+        self,
+        remote_host: str,
+        remote_port: int,
+        owner: TcpOwner,
+        now: float,
+        local_host: str | None = None,
+        local_port: int = 0,
     ) -> TcpConnection:
+        """Open a connection; the source is ``local_host:local_port`` if given (one of our
+        addresses; 0: an ephemeral port), else picked for the destination."""
         remote = ip.address_bytes(remote_host)
-        local = self.source_for(remote)
-        port = self._ephemeral_port(
-            lambda p: (local, p, remote, remote_port) in self._conns or (None, p) in self._listeners
-        )
+        if local_host:
+            local = ip.address_bytes(local_host)
+            if local not in self._local:
+                raise OSError(errno.EADDRNOTAVAIL, f"{local_host} is not an address of this tunnel")
+        else:
+            local = self.source_for(remote)
+        if local_port:
+            if (local, local_port, remote, remote_port) in self._conns:
+                raise OSError(errno.EADDRINUSE, f"{local_host}:{local_port} is in use")
+            port = local_port
+        else:
+            port = self._ephemeral_port(
+                lambda p: (
+                    (local, p, remote, remote_port) in self._conns or (None, p) in self._listeners
+                )
+            )
         conn = TcpConnection(
             port, remote_port, self._rng.getrandbits(32), self.mss_for(remote), owner
         )

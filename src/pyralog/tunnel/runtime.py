@@ -1,9 +1,12 @@
-"""The daemon's event loop: TUN, UDP, UAPI and link events around one Device.
+"""The daemon's event loop: TUN, UDP, UAPI and interface events around one Link.
 
-A single thread owns the Device, so the core needs no locks. One epoll loop
-waits on every file descriptor with a timeout of the Device's next deadline; each
-readable TUN or UDP descriptor is drained in a batch before the outputs are flushed.
-Per packet there is no logging and no allocation beyond the packet itself.
+A single thread owns the Device, so the core needs no locks. One epoll loop waits on
+every file descriptor with a timeout of the link's next deadline (the Device's and the
+transforms' timers); each readable TUN or UDP descriptor is drained in a batch before
+the outputs are flushed. What happens between the Device and UDP is the link's
+(``pyralog.link``), shared with the embedded tunnel; this module adds TUN, UAPI and the
+interface's own events. Per packet there is no logging and no allocation beyond the
+packet itself.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pyralog.link import Link
 from pyralog.tunnel.linkwatch import LinkWatch
 from pyralog.tunnel.tun import TunInterface
-from pyralog.tunnel.uapi import format_endpoint, handle_request
+from pyralog.tunnel.uapi import handle_request
 from pyralog.tunnel.uapi_server import UapiConnection, UapiListener
-from pyralog.udp import UdpTransport
 from pyralog.wireguard import events as ev
-from pyralog.wireguard.device import Device
+from pyralog.wireguard.endpoint import format_endpoint
 
 log = logging.getLogger("pyralog.wg")
 
@@ -38,19 +41,18 @@ DROP_REPORT_INTERVAL = 10.0
 
 
 class Runtime:
-    """Implements ``uapi.Interface`` (listen port, fwmark) for the UAPI handler."""
+    """Also the link's ``SocketWatcher``: UDP sockets join the epoll set through it."""
 
     def __init__(
         self,
-        device: Device,
+        link: Link,
         tun: TunInterface,
-        udp: UdpTransport,
         uapi: UapiListener,
         links: LinkWatch | None,
     ) -> None:
-        self.device = device
+        self.link = link
+        self.device = device = link.device
         self.tun = tun
-        self.udp = udp
         self.uapi = uapi
         self.links = links
         self._poll = select.epoll()
@@ -67,25 +69,13 @@ class Runtime:
         if links is not None:
             device.mtu = links.mtu
 
-    # -- uapi.Interface -----------------------------------------------------------------
+    # -- link.SocketWatcher ---------------------------------------------------------------
 
-    def listen_port(self) -> int:
-        return self.udp.port
+    def watch(self, sock: socket.socket) -> None:
+        self._register(sock, self._make_udp_reader(sock))
 
-    def set_listen_port(self, port: int) -> None:
-        for s in self.udp.sockets():
-            self._unregister(s)
-        try:
-            self.udp.bind(port)
-        finally:
-            self._register_udp()
-        log.info("listening on UDP port %d", self.udp.port)
-
-    def fwmark(self) -> int:
-        return self.udp.fwmark
-
-    def set_fwmark(self, mark: int) -> None:
-        self.udp.set_fwmark(mark)
+    def unwatch(self, sock: socket.socket) -> None:
+        self._unregister(sock)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -110,19 +100,15 @@ class Runtime:
         if self._handlers.pop(fd, None) is not None:
             self._poll.unregister(fd)
 
-    def _register_udp(self) -> None:
-        for s in self.udp.sockets():
-            self._register(s, self._make_udp_reader(s))
-
     def run(self) -> str:
         """Serve until stopped. Returns why it stopped."""
         self._register(self.tun, self._on_tun)
-        self._register_udp()
+        self.link.attach(self)
         self._register(self.uapi, self._on_accept)
         self._register(self._wake_r, self._on_wake)
         if self.links is not None:
             self._register(self.links, self._on_link)
-        device = self.device
+        device, link = self.device, self.link
         handlers = self._handlers
         poll = self._poll.poll
         monotonic = time.monotonic
@@ -130,7 +116,7 @@ class Runtime:
         # (latency through the tunnel is mostly this loop's overhead per packet).
         next_report = 0.0
         while not self._stopping:
-            deadline = device.next_deadline()
+            deadline = link.next_deadline()
             timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - monotonic()))
             for fd, _ in poll(timeout):
                 handler = handlers.get(fd)  # an earlier handler may have removed it
@@ -140,8 +126,8 @@ class Runtime:
                     break
             now = monotonic()
             if deadline is not None and now >= deadline:
-                device.tick(now)
-                self._flush()
+                link.tick(now)
+                self._deliver()
             if device.has_events or now >= next_report:
                 next_report = now + REPORT_INTERVAL
                 self._report(now)
@@ -151,9 +137,9 @@ class Runtime:
     def close(self) -> None:
         for conn in list(self._connections):
             conn.close()
+        self.link.close()  # unwatches its sockets: before the epoll set goes
         self._poll.close()
         self.uapi.close()
-        self.udp.close()
         if self.links is not None:
             self.links.close()
         self.tun.close()
@@ -172,31 +158,27 @@ class Runtime:
             if packet is None:
                 break
             device.send_packet(packet, now)
-        self._flush()
+        self.link.flush(now)
 
     def _make_udp_reader(self, sock: socket.socket) -> Callable[[], None]:
-        receive_many = self.udp.receive_many
+        link = self.link
         last_read = 0.0
 
         def on_udp() -> None:
             nonlocal last_read
-            receive = self.device.receive_datagram
             now = time.monotonic()
             limit = BATCH if now - last_read < BUSY_GAP else 1
             last_read = now
-            for data, endpoint in receive_many(sock, limit):
-                receive(data, endpoint, now)
-            self._flush()
+            link.receive(sock, now, limit)
+            link.flush(now)
+            self._deliver()
 
         return on_udp
 
-    def _flush(self) -> None:
-        device = self.device
-        datagrams = device.datagrams_to_send()
-        if datagrams:
-            self.udp.send_many(datagrams)
+    def _deliver(self) -> None:
+        """Write the packets the Device decrypted to the TUN interface."""
         write = self.tun.write
-        for packet in device.packets_to_deliver():
+        for packet in self.device.packets_to_deliver():
             write(packet)
 
     def _on_accept(self) -> None:
@@ -208,13 +190,14 @@ class Runtime:
 
     def _on_uapi(self, conn: UapiConnection) -> None:
         for request in conn.read_requests():
-            reply, error = handle_request(request, self.device, self, time.monotonic())
+            reply, error = handle_request(request, self.device, self.link, time.monotonic())
             if error is not None:
                 log.error("UAPI request refused: %s", error)
             conn.send(reply)
             if conn.closed:
                 break
-        self._flush()  # a set may have queued handshakes or keepalives
+        self.link.flush(time.monotonic())  # a set may have queued handshakes or keepalives
+        self._deliver()
         if conn.closed:
             self._unregister(conn)
             self._connections.discard(conn)
@@ -268,6 +251,16 @@ def _log_event(event: Any) -> None:
         log.info("peer %s: added", event.peer)
     elif isinstance(event, ev.PeerRemoved):
         log.info("peer %s: removed", event.peer)
+    elif isinstance(event, ev.PresharedKeyConfirmed):
+        log.info("peer %s: new preshared key confirmed", event.peer)
+    elif isinstance(event, ev.PresharedKeyRejected):
+        log.warning("peer %s: handshake response fits none of our preshared keys", event.peer)
+    elif isinstance(event, ev.PeerAdmitted):
+        log.info(
+            "peer %s: admitted as provisional from %s", event.peer, format_endpoint(event.endpoint)
+        )
+    elif isinstance(event, ev.EventsLost):
+        log.warning("%d events were lost (queue full)", event.count)
     elif isinstance(event, ev.UnknownPeerHandshake):
         log.debug(
             "ignored %d handshake(s) from unknown keys (latest %s)",

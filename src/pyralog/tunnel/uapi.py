@@ -6,23 +6,29 @@ wireguard-go writes it, and as ``wg`` expects). See https://www.wireguard.com/xp
 
 Unlike wireguard-go, a ``set`` here is atomic: the whole request is parsed and checked
 before anything changes, so invalid input gets its errno and leaves the device exactly
-as it was. This module is pure text processing over a Device and an ``Interface``
-(whatever owns the listening port and fwmark); the socket server lives in ``uapi_server``.
+as it was. This module is pure text processing: ``parse_set`` turns text into the control
+path's ``SetRequest`` and ``pyralog.link.control.apply`` applies it to a Device and an
+``Interface`` (the link, owner of the listening port and fwmark); the socket server lives
+in ``uapi_server``.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
+from pyralog.link.control import (
+    ConfigChangeError,
+    Interface,
+    PeerChange,
+    SetRequest,
+    invalid,
+)
+from pyralog.link.control import apply as apply_set
 from pyralog.wireguard import endpoint
-from pyralog.wireguard.device import ConfigError, Device
+from pyralog.wireguard.device import Device
 from pyralog.wireguard.endpoint import Endpoint, format_endpoint
 from pyralog.wireguard.keys import (
-    InvalidKeyError,
     PresharedKey,
     PrivateKey,
     PublicKey,
@@ -31,30 +37,22 @@ from pyralog.wireguard.keys import (
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # generous: 10,000 peers with a few prefixes each
 
+UapiError = ConfigChangeError  # a request that cannot be applied; ``code`` is a positive errno
+_invalid = invalid
 
-class UapiError(Exception):
-    """A request that cannot be applied. ``code`` is a positive errno."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Interface(Protocol):
-    """The runtime side of a device: its UDP port and firewall mark."""
-
-    def listen_port(self) -> int: ...
-
-    def set_listen_port(self, port: int) -> None:
-        """Rebind; raise OSError(EADDRINUSE) if taken. Must leave the old binding on error."""
-
-    def fwmark(self) -> int: ...
-
-    def set_fwmark(self, mark: int) -> None: ...
-
-
-def _invalid(message: str) -> UapiError:
-    return UapiError(errno.EINVAL, message)
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Interface",
+    "PeerChange",
+    "SetRequest",
+    "UapiError",
+    "apply_set",
+    "format_endpoint",
+    "format_get",
+    "handle_request",
+    "parse_endpoint",
+    "parse_set",
+]
 
 
 def _hex_key(value: str, what: str) -> bytes:
@@ -88,28 +86,6 @@ def parse_endpoint(value: str) -> Endpoint:
         return endpoint.parse_endpoint(value)
     except endpoint.EndpointError as e:
         raise _invalid(str(e)) from None
-
-
-@dataclass
-class PeerChange:
-    public_key: PublicKey
-    remove: bool = False
-    update_only: bool = False
-    preshared_key: PresharedKey | None = None
-    endpoint: tuple[str, int] | None = None
-    persistent_keepalive: int | None = None
-    replace_allowed_ips: bool = False
-    allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-
-
-@dataclass
-class SetRequest:
-    private_key: PrivateKey | None = None
-    clear_private_key: bool = False
-    listen_port: int | None = None
-    fwmark: int | None = None
-    replace_peers: bool = False
-    peers: list[PeerChange] = field(default_factory=list)
 
 
 def parse_set(lines: list[str]) -> SetRequest:
@@ -164,60 +140,6 @@ def parse_set(lines: list[str]) -> SetRequest:
         else:
             raise _invalid(f"line {number}: unknown peer key {key!r}")
     return req
-
-
-def apply_set(device: Device, interface: Interface, req: SetRequest, now: float) -> None:
-    """Apply a parsed request. Everything that can fail is checked before the first change."""
-    new_private = req.private_key if not req.clear_private_key else None
-    own_key = new_private or (None if req.clear_private_key else device.private_key)
-    own_public = own_key.public_key if own_key else None
-    # Peers must not be ourselves, as the device would refuse mid-way.
-    for change in req.peers:
-        if own_public is not None and change.public_key == own_public and not change.remove:
-            raise _invalid(f"peer {change.public_key} is this interface's own public key")
-    # The listen port is the one change that can fail in the OS: do it first.
-    if req.listen_port is not None and req.listen_port != interface.listen_port():
-        try:
-            interface.set_listen_port(req.listen_port)
-        except OSError as e:
-            raise UapiError(e.errno or errno.EIO, f"listen_port {req.listen_port}: {e}") from e
-    try:
-        if req.fwmark is not None:
-            interface.set_fwmark(req.fwmark)
-        if req.private_key is not None or req.clear_private_key:
-            device.set_private_key(new_private, now)
-        if req.replace_peers:
-            device.clear_peers(now)
-        for change in req.peers:
-            _apply_peer(device, change, now)
-    except (ConfigError, InvalidKeyError) as e:
-        # Validation above should make this unreachable; report rather than half-apply silently.
-        raise _invalid(str(e)) from e
-    except OSError as e:
-        raise UapiError(e.errno or errno.EIO, str(e)) from e
-
-
-def _apply_peer(device: Device, change: PeerChange, now: float) -> None:
-    key = change.public_key
-    peer = device.get_peer(key)
-    if change.remove:
-        device.remove_peer(key, now)
-        return
-    if peer is None:
-        if change.update_only:
-            return
-        device.add_peer(key, now)
-    if change.preshared_key is not None:
-        device.set_preshared_key(key, change.preshared_key, now)
-    if change.endpoint is not None:
-        device.set_endpoint(key, change.endpoint, now)
-    if change.replace_allowed_ips:
-        device.set_allowed_ips(key, change.allowed_ips)
-    else:
-        for network in change.allowed_ips:
-            device.add_allowed_ip(key, network)
-    if change.persistent_keepalive is not None:
-        device.set_persistent_keepalive(key, change.persistent_keepalive, now)
 
 
 def format_get(device: Device, interface: Interface) -> Iterator[str]:
