@@ -29,8 +29,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    # Written as the harness always computed it (q / 100 * n, then ceil): other groupings
-    # round differently for some q and n, and the published figures came from this one.
+    # Written as the harness always computed it (q / 100 * n, then ceil): q * n / 100
+    # rounds differently for some q and n (p7 of 100 values), and results came from this.
     return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
