@@ -23,6 +23,7 @@ HSLOAD = Path(__file__).resolve().parent / "hsload.py"
 
 
 def measure(s: Settings, results: dict, errors: list[str]) -> None:
+    """One initiation pool, then a flood against each implementation: results["handshake"]."""
     per_identity = math.ceil((s.hs_warmup + s.hs_seconds) / hsload.DEFAULT_PACE) + 8
     log(f"preparing {s.hs_identities} x {per_identity} handshake initiations")
     t = time.monotonic()

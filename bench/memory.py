@@ -43,6 +43,7 @@ def peer_conf(keys: list[str], start: int) -> str:
 
 
 def measure(s: Settings, results: dict, errors: list[str]) -> None:
+    """RSS per peer count for each implementation, the same peers for both: results["memory"]."""
     keys = random_public_keys(MEMORY_PEERS[-1])
     out: dict = {"peer_counts": list(MEMORY_PEERS)}
     for impl in ("go", "py"):

@@ -293,6 +293,7 @@ def ping_under_load(lab: Lab, pair: Pair, side: str, count: int, interval: float
 
 
 def measure(s: Settings, results: dict, errors: list[str]) -> None:
+    """Every pair: TCP runs, then UDP runs per size, then pings, interleaved: results["pairs"]."""
     raw: dict = {}
     with Lab() as lab:
         pairs: list[Pair] = []

@@ -29,6 +29,10 @@ them into docs/BENCHMARKS.md and docs/benchmarks.png.
 Needs root, iperf3, ping, ip, wg and wireguard-go. Uses only namespaces, interfaces and
 addresses of its own (``bn`` prefix, 172.29.0.0/16, 10.29.0.0/16) and removes them all
 when it ends, also on failure or Ctrl-C.
+
+This file is the command line: it picks the settings, checks what is needed, runs the
+measures (pairs.py, embedded.py, handshakes.py, memory.py, core.py; lab.py builds their
+namespaces, harness.py holds what they share), adds summary.py's rows and writes the JSON.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from summary import summarize  # noqa: E402
 
 
 def measure_core(s: Settings, results: dict, errors: list[str]) -> None:
+    """The sans-IO core in this process (no namespaces): results["core"]."""
     log("sans-IO core micro-benchmark")
     res = attempt(errors, "core micro-benchmark", core.run, s.quick)
     if res is not None:
