@@ -24,10 +24,11 @@ import argparse
 import gc
 import ipaddress
 import json
-import statistics
 import struct
 import sys
 import time
+
+from stats import median
 
 from pyralog.wireguard.device import Device
 from pyralog.wireguard.keys import PrivateKey
@@ -142,8 +143,8 @@ def cold_path(samples: int = 60) -> dict:
             warm.append(fn(2.0 + i * 1e-3))
             time.sleep(COLD_GAP)
             cold.append(fn(2.0 + i * 1e-3))
-        out[f"{name}_warm_us"] = statistics.median(warm)
-        out[f"{name}_cold_us"] = statistics.median(cold)
+        out[f"{name}_warm_us"] = median(warm)
+        out[f"{name}_cold_us"] = median(cold)
     return out
 
 
@@ -173,8 +174,8 @@ def run(quick: bool = False) -> dict:
             "packets_per_repeat": count,
             "encrypt_pps": max(enc),
             "decrypt_pps": max(dec),
-            "encrypt_pps_median": statistics.median(enc),
-            "decrypt_pps_median": statistics.median(dec),
+            "encrypt_pps_median": median(enc),
+            "decrypt_pps_median": median(dec),
             "encrypt_gbit_s": max(enc) * size * 8 / 1e9,
             "decrypt_gbit_s": max(dec) * size * 8 / 1e9,
             "encrypt_runs": enc,

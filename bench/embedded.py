@@ -14,21 +14,22 @@ K's wireguard-go has both as peers, so the same daemon serves both paths. Each r
 TCP one way (E→K: the iperf3 client sends; K→E: ``iperf3 -R``) and records the CPU time
 (utime + stime from /proc) of the forwarder and of both wireguard-go daemons.
 
-bench/run.py orchestrates (interleaving and error handling); this module builds the set-up,
-runs one iperf3 measurement and summarizes the runs.
+``measure()`` (called by bench/run.py) interleaves the runs and notes failures; the rest of
+this module builds the set-up, runs one iperf3 measurement and summarizes the runs.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import Settings, attempt, fmt, log
 from lab import CommandError, Daemon, Lab, cpu_seconds, daemon_env, rss_bytes, run
+from stats import present, ratio, spread
 
 PYRALOG = str(Path(sys.executable).with_name("pyralog"))
 WG_PORT = 51820  # both wireguard-go interfaces (one per namespace)
@@ -186,7 +187,7 @@ def tcp_run(setup: Setup, path: str, direction: str, seconds: int) -> dict:
     if direction == "reverse":
         argv.append("-R")
     last = ""
-    for attempt in range(2):
+    for tried in range(2):
         setup.check_alive()
         pids = setup.pids()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -214,7 +215,7 @@ def tcp_run(setup: Setup, path: str, direction: str, seconds: int) -> dict:
                 "cpu_seconds_per_gb_k_wg": cpu["k_wg"] / gb if gb else None,
             }
         last = data["error"]
-        if attempt == 0:
+        if tried == 0:
             setup.restart_server()
     setup.check_alive()
     raise CommandError(f"iperf3 {path} {DIRECTION_LABELS[direction]} failed: {last}")
@@ -229,25 +230,48 @@ def forwarder_rss(setup: Setup) -> int | None:
         return None
 
 
-def _spread(runs: list[dict], key: str, scale: float = 1.0) -> dict:
-    values = [r[key] * scale for r in runs if r.get(key) is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
+def measure(s: Settings, results: dict, errors: list[str]) -> None:
+    """Both paths in both directions, ``s.tcp_runs`` times, interleaved: results["embedded"]."""
+    raw: dict = {
+        "forward_spec": FORWARD_SPEC,
+        "forwarder_user": "root",
+        "tunnel_addresses": dict(TUNNEL),
+        "runs": {p: {d: [] for d in DIRECTIONS} for p in PATHS},
     }
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
+    with Lab() as lab:
+        log("building embedded set-up (wireguard-go in K; wireguard-go and pyralog forward in E)")
+        setup = attempt(errors, "set-up of embedded", build, lab)
+        if setup is not None:
+            for r in range(s.tcp_runs):  # interleaved: run r of both paths and directions
+                for direction in DIRECTIONS:
+                    arrow = DIRECTION_LABELS[direction]
+                    for path in PATHS:
+                        log(f"TCP {path} {arrow} run {r + 1}/{s.tcp_runs}")
+                        res = attempt(
+                            errors,
+                            f"embedded: TCP {path} {arrow}",
+                            tcp_run,
+                            setup,
+                            path,
+                            direction,
+                            s.tcp_seconds,
+                        )
+                        if res is not None:
+                            raw["runs"][path][direction].append(res)
+                            log(
+                                f"  {res['bits_per_second'] / 1e6:,.0f} Mbit/s, "
+                                f"{fmt(res['cpu_seconds_per_gb_e'])} CPU s/GB (E side)"
+                            )
+                        time.sleep(0.5)
+            raw["forwarder_rss_bytes_after"] = forwarder_rss(setup)
+    raw.update(summarize(raw))
+    results["embedded"] = raw
 
 
 def summarize(raw: dict) -> dict:
     """Rows of embedded vs kernel figures; ``ratio`` is embedded ÷ kernel."""
     rows = []
+    runs = raw["runs"]
     for direction in DIRECTIONS:
         arrow = DIRECTION_LABELS[direction]
         how = "iperf3 client sends" if direction == "forward" else "iperf3 -R"
@@ -261,7 +285,7 @@ def summarize(raw: dict) -> dict:
                 1.0,
             ),
         ):
-            sp = {p: _spread(raw["runs"][p][direction], key, scale) for p in PATHS}
+            sp = {p: spread([v * scale for v in present(runs[p][direction], key)]) for p in PATHS}
             rows.append(
                 {
                     "key": f"{key}_{direction}",
@@ -273,7 +297,7 @@ def summarize(raw: dict) -> dict:
                     "kernel": sp["kernel"]["median"],
                     "spread": {p: [sp[p]["min"], sp[p]["max"]] for p in PATHS},
                     "n": {p: sp[p]["n"] for p in PATHS},
-                    "ratio": _ratio(sp["embedded"]["median"], sp["kernel"]["median"]),
+                    "ratio": ratio(sp["embedded"]["median"], sp["kernel"]["median"]),
                 }
             )
     throughput = {r["direction"]: r["ratio"] for r in rows if r["key"].startswith("bits_")}

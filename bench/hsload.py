@@ -47,6 +47,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from stats import percentile
+
 from pyralog.wireguard.constants import (
     COOKIE_REPLY_SIZE,
     LABEL_MAC1,
@@ -154,13 +156,6 @@ def prepare(identities: int, per_identity: int, *, processes: int = 0, step: flo
     else:
         bodies = [_make_bodies(job) for job in jobs]
     return Pool(responder.raw, ids, bodies)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
 def run_load(
@@ -326,8 +321,8 @@ def run_load(
         "identities": n,
         "pace_seconds": pace,
         "offered_ceiling_per_second": n / pace,
-        "latency_p50_ms": _ms(_percentile(latencies, 50)),
-        "latency_p99_ms": _ms(_percentile(latencies, 99)),
+        "latency_p50_ms": _ms(percentile(latencies, 50)),
+        "latency_p99_ms": _ms(percentile(latencies, 99)),
         **stats,
     }
 

@@ -1,0 +1,71 @@
+"""What every measure of bench/run.py shares: its settings, Skip, attempt() and log lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lab import CommandError
+
+PORT = 51820  # WireGuard's listen port, in every namespace the measures build
+
+
+class Skip(Exception):
+    """A measure could not be taken; the message says why (kept in the results)."""
+
+
+@dataclass
+class Settings:
+    # The field order is the order of "settings" in the results JSON.
+    quick: bool
+    tcp_runs: int
+    tcp_seconds: int
+    udp_runs: int
+    udp_seconds: int
+    pings: int
+    ping_interval: float
+    hs_identities: int
+    hs_warmup: float
+    hs_seconds: float
+    settle: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(True, 1, 3, 1, 2, 100, 0.01, 128, 1.0, 2.0, 1.0)
+        return cls(False, 3, 10, 2, 5, 200, 0.01, 512, 1.0, 4.0, 2.0)
+
+
+def log(msg: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt(v: float | None) -> str:
+    """A figure for the terminal: thousands separated, about three significant digits."""
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def attempt(errors: list[str], what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Run one measure; on failure note why and go on with the next."""
+    try:
+        return fn(*args, **kw)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        msg = f"{what}: {e}" if isinstance(e, Skip | CommandError) else f"{what}: {e!r}"
+        log(f"FAILED {msg}")
+        if not isinstance(e, Skip | CommandError):
+            traceback.print_exc(file=sys.stderr)
+        errors.append(msg)
+        return None
