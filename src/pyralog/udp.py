@@ -54,6 +54,7 @@ class UdpTransport:
         self._fwmark = 0
         self._buffer = buffer  # SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it)
         self.gso = True  # switched off for good on the first kernel refusal
+        self.gso_batches = 0  # sendmsg calls that carried more than one datagram
         self.bind(port)
         if fwmark:
             self.set_fwmark(fwmark)
@@ -172,6 +173,7 @@ class UdpTransport:
             sock.sendmsg(
                 segments, [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZES[size])], 0, endpoint[:2]
             )
+            self.gso_batches += 1
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:
