@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyralog.cli.main import main
-from pyralog.netstack.forward import Forward, SpecError, parse_forward, parse_reverse
+from pyralog.net.forward import Forward, SpecError, parse_forward, parse_reverse
 from pyralog.wireguard.keys import PrivateKey
 
 PYRALOG = Path(sys.executable).parent / "pyralog"

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyralog.netstack.forward import SpecError, parse_forward, parse_reverse
+    from pyralog.net.forward import SpecError, parse_forward, parse_reverse
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config, forwards, reverses) -> int:  # type: ignore[no-untyped-def]
+    from pyralog.net.embedded import EmbeddedNetwork
+    from pyralog.net.forward import Forwarder
     from pyralog.netstack.embedded import EmbeddedTunnel
-    from pyralog.netstack.forward import Forwarder
 
     log = logging.getLogger("pyralog.forward")
     try:
@@ -82,7 +83,7 @@ async def _serve(config, forwards, reverses) -> int:  # type: ignore[no-untyped-
     except OSError as e:
         print(f"pyralog forward: cannot open the tunnel's UDP socket: {e}", file=sys.stderr)
         return 1
-    forwarder = Forwarder(tunnel)
+    forwarder = Forwarder(EmbeddedNetwork(tunnel))
     try:
         for fwd in forwards:
             await forwarder.add_forward(fwd)

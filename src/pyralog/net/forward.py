@@ -1,7 +1,9 @@
-"""Port forwarding through an embedded tunnel, for ``pyralog forward``.
+"""Port forwarding across the mesh, for ``pyralog forward``.
 
 Forward: a local kernel port (TCP, or UDP with ``/udp``) to an address across the tunnel.
-Reverse: a port on the tunnel address to a local kernel service. Runs as any user.
+Reverse: a port on the mesh address to a local kernel service. Written against the
+``Network`` API, so it forwards over an embedded tunnel (any user, no TUN) or a kernel
+interface alike.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyralog.netstack.embedded import EmbeddedTunnel
+from pyralog.net.api import Network
 
 log = logging.getLogger("pyralog.forward")
 
@@ -136,8 +138,8 @@ async def _splice(a: Streams, b: Streams) -> None:
 
 
 class Forwarder:
-    def __init__(self, tunnel: EmbeddedTunnel) -> None:
-        self.tunnel = tunnel
+    def __init__(self, network: Network) -> None:
+        self.tunnel = network
         self._servers: list[Any] = []
         self._relays: list[_UdpRelay] = []
         # Connection tasks must be referenced: after a client's half-close nothing else

@@ -1,0 +1,99 @@
+"""Who is behind a mesh address: cryptokey routing read back as ``address -> public key``.
+
+WireGuard accepts a packet from a tunnel only if its source lies in the sending peer's
+allowed IPs, so on a socket bound to the mesh interface the source address names the
+peer. ``DevicePeers`` reads that from an in-process Device (embedded mode, or a daemon
+in the same process); ``UapiPeers`` from any userspace daemon's UAPI socket (pyralog-wg,
+wireguard-go), re-read when an address is not found or the copy is older than ``ttl``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+from typing import Protocol
+
+from pyralog.wireguard.allowedips import AllowedIPs
+from pyralog.wireguard.device import Device
+from pyralog.wireguard.keys import PublicKey
+
+UAPI_DIR = "/var/run/wireguard"
+
+
+class PeerDirectory(Protocol):
+    def peer_of(self, address: str) -> PublicKey | None: ...
+
+
+def _packed(address: str) -> bytes | None:
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).packed
+    except ValueError:
+        return None
+
+
+class DevicePeers:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def peer_of(self, address: str) -> PublicKey | None:
+        packed = _packed(address)
+        if packed is None:
+            return None
+        peer = self.device.allowed_ips.lookup(packed)
+        return None if peer is None else peer.public_key
+
+
+class UapiPeers:
+    """Peers of a userspace WireGuard interface, from ``get=1`` on its UAPI socket."""
+
+    def __init__(self, interface: str, *, uapi_dir: str = UAPI_DIR, ttl: float = 1.0) -> None:
+        self.path = os.path.join(uapi_dir, f"{interface}.sock")
+        self.ttl = ttl
+        self._table: AllowedIPs[PublicKey] = AllowedIPs()
+        self._read_at = -float("inf")
+
+    def peer_of(self, address: str) -> PublicKey | None:
+        packed = _packed(address)
+        if packed is None:
+            return None
+        fresh = time.monotonic() - self._read_at < self.ttl
+        found = self._table.lookup(packed) if fresh else None
+        if found is None:
+            self.refresh()
+            found = self._table.lookup(packed)
+        return found
+
+    def refresh(self) -> None:
+        """Re-read the interface's peers (OSError if its UAPI socket cannot be reached)."""
+        table: AllowedIPs[PublicKey] = AllowedIPs()
+        key: PublicKey | None = None
+        for line in self._get().splitlines():
+            name, _, value = line.partition("=")
+            if name == "public_key":
+                key = PublicKey(bytes.fromhex(value))
+            elif name == "allowed_ip" and key is not None:
+                table.insert(ipaddress.ip_network(value, strict=False), key)
+            elif name == "errno" and value != "0":
+                raise OSError(-int(value), f"{self.path}: get=1 answered errno={value}")
+        self._table = table
+        self._read_at = time.monotonic()
+
+    def _get(self) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            try:
+                s.connect(self.path)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"cannot reach the UAPI socket {self.path}: {e.strerror}"
+                ) from None
+            s.sendall(b"get=1\n\n")
+            chunks: list[bytes] = []
+            while not b"".join(chunks[-2:]).endswith(b"\n\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
