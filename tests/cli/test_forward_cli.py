@@ -8,17 +8,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from processes import console_script, needs_script
 from pyralog.cli.main import main
 from pyralog.netstack.forward import Forward, SpecError, parse_forward, parse_reverse
 from pyralog.wireguard.keys import PrivateKey
 
-PYRALOG = Path(sys.executable).parent / "pyralog"
+PYRALOG = console_script("pyralog")
 
 # -- the spec syntax -------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ def test_local_port_in_use_exits_1_saying_so(
 # -- a real process: starts, listens, stops cleanly on SIGTERM ---------------------------------
 
 
-@pytest.mark.skipif(not PYRALOG.exists(), reason=f"console script not installed at {PYRALOG}")
+@needs_script("pyralog")
 def test_forward_process_starts_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     udp_port, tcp_port = _free_udp_port(), _free_tcp_port()
     path = _config(tmp_path, listen_port=udp_port)
