@@ -42,10 +42,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from processes import console_script, stop_process, wait_until
 
 UAPI_DIR = Path("/var/run/wireguard")
-PYRALOG_WG = str(Path(sys.executable).with_name("pyralog-wg"))
+PYRALOG_WG = str(console_script("pyralog-wg"))
 IMPLEMENTATIONS = {"pyralog": PYRALOG_WG, "go": "wireguard-go"}
 NS_PREFIX = "pyralog-t"
 DEFAULT_PORT = 51820
@@ -84,16 +85,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid()}-{next(_counter)}"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll until ``predicate()`` is truthy (returned) or ``timeout`` passes (falsy result)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() >= deadline:
-            return result
-        time.sleep(interval)
-
-
 class CommandError(RuntimeError):
     pass
 
@@ -109,18 +100,6 @@ def run(
             f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
         )
     return done
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
-    """Signal one process we started, then kill it if it does not exit in time."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
 
 
 def pid_alive(pid: int) -> bool:

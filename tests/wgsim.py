@@ -1,4 +1,5 @@
-"""Test support: a fake clock, a lossless in-memory network between Devices, packet builders.
+"""Test support: a fake clock, a lossless in-memory network between Devices, packet builders,
+and what a Device dropped or sent.
 
 Two or more ``Device``s are wired together by endpoint; ``Net.pump()`` moves datagrams until
 the network is quiet and records every datagram sent, so tests can assert exactly what
@@ -184,3 +185,25 @@ def make_pair(
     )
     net.pump()
     return Pair(net, a, b, a_key, b_key)
+
+
+# -- what a Device dropped, what crossed the wire -----------------------------------------
+
+Endpoint = tuple[str, int]
+
+
+def drop_delta(device: Device, before: dict[str, int]) -> dict[str, int]:
+    """The drop counters that changed since ``before``, with how much they grew."""
+    return {k: v - before[k] for k, v in device.drops.items() if v != before[k]}
+
+
+def feed(device: Device, data: bytes, endpoint: Endpoint, now: float) -> dict[str, int]:
+    """Deliver one datagram; return the drop counters it moved."""
+    before = dict(device.drops)
+    device.receive_datagram(data, endpoint, now)
+    return drop_delta(device, before)
+
+
+def kinds(pair: Pair, start: int = 0) -> list[int]:
+    """The message type of every datagram sent on the pair's network, from the ``start``th."""
+    return [s.kind for s in pair.net.log[start:]]

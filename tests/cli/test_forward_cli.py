@@ -8,17 +8,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ports import free_port
+from processes import console_script, needs_script
 from pyralog.cli.main import main
 from pyralog.net.forward import Forward, SpecError, parse_forward, parse_reverse
 from pyralog.wireguard.keys import PrivateKey
 
-PYRALOG = Path(sys.executable).parent / "pyralog"
+PYRALOG = console_script("pyralog")
 
 # -- the spec syntax -------------------------------------------------------------------------
 
@@ -91,18 +92,6 @@ def test_bad_reverse_specs_are_refused_naming_the_spec(spec: str, says: str) -> 
 
 
 # -- the command's refusals ------------------------------------------------------------------
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, *, listen_port: int | None = None, address: bool = True) -> Path:
@@ -185,7 +174,7 @@ def test_udp_port_in_use_exits_1_saying_so(
         busy.bind(("0.0.0.0", 0))
         port = busy.getsockname()[1]
         path = _config(tmp_path, listen_port=port)
-        code, err = _run(capsys, "--config", str(path), f"{_free_tcp_port()}:10.77.0.1:80")
+        code, err = _run(capsys, "--config", str(path), f"{free_port()}:10.77.0.1:80")
     assert code == 1
     assert "cannot open the tunnel's UDP socket" in err
     assert "Address already in use" in err
@@ -198,7 +187,7 @@ def test_local_port_in_use_exits_1_saying_so(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        path = _config(tmp_path, listen_port=_free_udp_port())
+        path = _config(tmp_path, listen_port=free_port(socket.SOCK_DGRAM))
         code, err = _run(capsys, "--config", str(path), f"{port}:10.77.0.1:80")
     assert code == 1
     assert "pyralog forward:" in err
@@ -208,9 +197,9 @@ def test_local_port_in_use_exits_1_saying_so(
 # -- a real process: starts, listens, stops cleanly on SIGTERM ---------------------------------
 
 
-@pytest.mark.skipif(not PYRALOG.exists(), reason=f"console script not installed at {PYRALOG}")
+@needs_script("pyralog")
 def test_forward_process_starts_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
-    udp_port, tcp_port = _free_udp_port(), _free_tcp_port()
+    udp_port, tcp_port = free_port(socket.SOCK_DGRAM), free_port()
     path = _config(tmp_path, listen_port=udp_port)
     log = tmp_path / "forward.log"
     with open(log, "wb") as out:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,16 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from processes import console_script, needs_script
 from pyralog import __version__
 from pyralog.wireguard.keys import PresharedKey, PrivateKey
 
-_VENV_SCRIPT = Path(sys.executable).parent / "pyralog"
-PYRALOG = _VENV_SCRIPT if _VENV_SCRIPT.exists() else Path("/work/main/.venv/bin/pyralog")
+PYRALOG = console_script("pyralog")
 WG = shutil.which("wg") or ("/usr/bin/wg" if os.path.exists("/usr/bin/wg") else None)
 
-pytestmark = pytest.mark.skipif(
-    not PYRALOG.exists(), reason=f"console script not installed at {PYRALOG}"
-)
+pytestmark = needs_script("pyralog")
 needs_wg = pytest.mark.skipif(WG is None, reason="wireguard-tools `wg` is not installed")
 
 # A canonical key: 43 base64 characters, the last with its two padding bits zero, then '='.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop_process
 from pyralog.wireguard import events as ev
 from pyralog.wireguard.device import Device
 from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
@@ -280,15 +281,7 @@ def _start_wireguard_go(link: Link, workdir: Path) -> None:
         stderr=subprocess.STDOUT,
     )
 
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=3)
-
-    link.cleanups.append(stop)
+    link.cleanups.append(lambda: stop_process(proc, timeout=3))
     uapi = UAPI_DIR / f"{link.ifname}.sock"
     deadline = time.monotonic() + 5
     while not uapi.exists():

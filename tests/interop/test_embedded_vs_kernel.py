@@ -29,17 +29,16 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from processes import NOBODY, as_nobody, console_script, needs_script, stop_process, wait_until
 from pyralog.wireguard.keys import PrivateKey
 
-_VENV_SCRIPT = Path(sys.executable).parent / "pyralog"
-PYRALOG = _VENV_SCRIPT if _VENV_SCRIPT.exists() else Path("/work/main/.venv/bin/pyralog")
+PYRALOG = console_script("pyralog")
 _MISSING = [t for t in ("ip", "wg", "wireguard-go", "ping", "setpriv") if not shutil.which(t)]
 
 pytestmark = [
@@ -48,7 +47,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.path.exists("/dev/net/tun"), reason="wireguard-go needs /dev/net/tun"
     ),
-    pytest.mark.skipif(not PYRALOG.exists(), reason=f"console script not installed at {PYRALOG}"),
+    needs_script("pyralog"),
 ]
 
 PID = os.getpid()
@@ -56,7 +55,6 @@ NS_K, NS_E = f"emK{PID}", f"emE{PID}"
 VETH_K, VETH_E = f"emk{PID}", f"eme{PID}"
 WG_IF = f"emwg{PID}"
 UAPI_SOCKET = Path("/var/run/wireguard") / f"{WG_IF}.sock"
-NOBODY = 65534
 
 K4, E4 = "172.28.0.1", "172.28.0.2"  # veth
 KT4, ET4, ET4_LOSSY = "10.28.0.1", "10.28.0.2", "10.28.0.3"  # tunnel
@@ -347,31 +345,6 @@ def in_ns(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def as_nobody(*argv: str) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() >= deadline:
-            return result
-        time.sleep(interval)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM one process we started, SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @dataclass
 class Lab:
     tmp: Path
@@ -399,7 +372,7 @@ class Lab:
             readable, _, _ = select.select([proc.stdout], [], [], 15)
             line = proc.stdout.readline() if readable else b""
             if line.strip() != b"ready":
-                stop(proc)
+                stop_process(proc)
                 raise RuntimeError(f"{argv} did not start: {line!r} {self.log(log)}")
         return proc
 
@@ -533,7 +506,7 @@ def lab() -> Iterator[Lab]:
     finally:
         for proc in reversed(lab.procs):
             with contextlib.suppress(Exception):
-                stop(proc)
+                stop_process(proc)
         for name in ("forward.log", "forward-lossy.log", "wireguard-go.log", "k-serve.log"):
             if text := lab.log(name):
                 print(f"--- {name} ---\n{text}")
@@ -611,7 +584,7 @@ def test_tcp_forward_half_close_then_slow_reply(lab: Lab) -> None:
             )
             out, err = waiting.communicate(timeout=40)
         finally:
-            stop(waiting)
+            stop_process(waiting)
         assert waiting.returncode == 0, err
         failed = [r for r in json.loads(out) if r is not True]
         assert not failed, (
@@ -726,8 +699,8 @@ def test_lossy_link_userspace(lab: Lab) -> None:
         )  # fmt: skip
         assert forwarder.poll() is None, lab.log("forward-lossy.log")
     finally:
-        stop(forwarder)
-        stop(relay)
+        stop_process(forwarder)
+        stop_process(relay)
     stats = [json.loads(line) for line in lab.log("impair.log").splitlines() if "{" in line]
     seconds = check_transfer(report, 1, LOSSY_SIZE)
     r = report["results"][0]

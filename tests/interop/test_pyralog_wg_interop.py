@@ -39,8 +39,8 @@ from netns import (
     missing_tools,
     pid_alive,
     tcp_transfer,
-    wait_until,
 )
+from processes import wait_until
 
 _MISSING = missing_tools()
 

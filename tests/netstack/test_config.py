@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import as_nobody, console_script, needs_script
 from pyralog.wireguard.config import ConfigFileError, load, parse
 from pyralog.wireguard.constants import DEFAULT_MTU
 from pyralog.wireguard.keys import PresharedKey, PrivateKey
@@ -26,8 +27,7 @@ PEER2 = PrivateKey.generate().public_key
 PEER3 = PrivateKey.generate().public_key
 PSK = PresharedKey.from_base64(PrivateKey.generate().to_base64())
 
-_VENV_SCRIPT = Path(sys.executable).parent / "pyralog"
-PYRALOG = _VENV_SCRIPT if _VENV_SCRIPT.exists() else Path("/work/main/.venv/bin/pyralog")
+PYRALOG = console_script("pyralog")
 
 FULL = f"""\
 # A full wg-quick file: comments, blank lines, odd spacing and case.
@@ -399,9 +399,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root and setpriv (util-linux) is missing")
         os.chmod(tmp_path, 0o755)
-        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         done = subprocess.run(
-            [*nobody, sys.executable, "-c", _LOAD, path],
+            as_nobody(sys.executable, "-c", _LOAD, path),
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         if "Permission denied" in done.stderr and "Traceback" in done.stderr:
@@ -461,9 +460,7 @@ def assert_usage_error(done: subprocess.CompletedProcess[str], *needles: str) ->
     return lines[0]
 
 
-needs_cli = pytest.mark.skipif(
-    not PYRALOG.exists(), reason=f"console script not installed at {PYRALOG}"
-)
+needs_cli = needs_script("pyralog")
 
 
 @needs_cli

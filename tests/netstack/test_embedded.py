@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ports import free_port
 from pyralog.netstack import tcp
 from pyralog.netstack.embedded import STREAM_LIMIT, EmbeddedTunnel
 from pyralog.netstack.tcp import State
@@ -53,20 +54,14 @@ def _config_text(
     )
 
 
-def _free_udp_port() -> int:
-    """A UDP port that was just free on 0.0.0.0 (UdpTransport also binds :: on it; a
-    collision there is EADDRINUSE, which _start_pair retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
-        v4.bind(("0.0.0.0", 0))
-        return v4.getsockname()[1]
-
-
 async def _start_pair() -> tuple[EmbeddedTunnel, EmbeddedTunnel]:
     """A on an ephemeral port; B on a port picked beforehand, so both configs can name
     each other's Endpoint. Retries if someone else grabbed B's port in between."""
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     for attempt in range(5):
-        port_b = _free_udp_port()
+        # free on 0.0.0.0; UdpTransport also binds :: on it, and a collision there is
+        # EADDRINUSE, retried below
+        port_b = free_port(socket.SOCK_DGRAM, "0.0.0.0")
         a = await EmbeddedTunnel.start(
             parse(_config_text(key_a, A_IP, 0, key_b.public_key, B_IP, port_b), "a.conf")
         )

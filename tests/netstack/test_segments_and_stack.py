@@ -7,7 +7,6 @@ end-to-end transfer between two Stacks over a lossy, reordering fake link.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import struct
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pyralog.netstack.tcp_segment import (
     Segment,
     decode,
 )
+from tcplink import Clock, run_link, stack_end
 
 LOCAL4 = "10.0.0.1"
 REMOTE4 = "10.0.0.2"
@@ -780,11 +780,6 @@ def test_backlog_limit_enforced_and_released() -> None:
 # -- two Stacks back to back -----------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-
 class Sink(TcpOwner):
     """Server side: reads everything, closes when the client does."""
 
@@ -848,36 +843,28 @@ def test_two_stacks_transfer_1mb_over_lossy_reordering_link() -> None:
     data = rng.randbytes(1 << 20)
     source = Source(clock, data)
     conn = client.connect("10.9.0.2", 7000, source, clock.now)
-    link: list[tuple[float, int, int, bytes]] = []  # (arrival, serial, destination, packet)
-    stacks = (client, server)
-    serial = 0
     sent = lost = 0
-    for _ in range(500_000):
-        source.push()
-        for index, stack in enumerate(stacks):
-            for packet in stack.packets_to_send():
-                sent += 1
-                if rng.random() < 0.05:
-                    lost += 1
-                    continue
-                serial += 1
-                delay = 0.010 + rng.random() * 0.010  # jitter reorders packets
-                heapq.heappush(link, (clock.now + delay, serial, 1 - index, packet))
-        if conn.state in (State.TIME_WAIT, State.CLOSED) and sinks and sinks[0].errors:
-            break
-        times = [d for d in (client.next_deadline(), server.next_deadline()) if d is not None]
-        if link:
-            times.append(link[0][0])
-        assert times, "stalled"
-        clock.now = max(clock.now, min(times))
-        assert clock.now < 600, f"transfer not done after 600 s: {conn} {len(sinks[0].data)}"
-        while link and link[0][0] <= clock.now:
-            _, _, dest, packet = heapq.heappop(link)
-            stacks[dest].receive_packet(packet, clock.now)
-        client.tick(clock.now)
-        server.tick(clock.now)
-    else:
-        raise AssertionError("did not finish")
+
+    def transmit(index: int, packet: bytes, now: float) -> list[tuple[float, bytes]]:
+        nonlocal sent, lost
+        sent += 1
+        if rng.random() < 0.05:
+            lost += 1
+            return []
+        delay = 0.010 + rng.random() * 0.010  # jitter reorders packets
+        return [(now + delay, packet)]
+
+    run_link(
+        clock,
+        (stack_end(client), stack_end(server)),
+        transmit,
+        lambda: conn.state in (State.TIME_WAIT, State.CLOSED) and bool(sinks and sinks[0].errors),
+        before_round=source.push,
+        limit=600,
+        rounds=500_000,
+        drain=False,  # done once both sides have closed, even with packets still in flight
+        describe=lambda: f"{conn} {len(sinks[0].data) if sinks else 0}",
+    )
     assert lost > 0.03 * sent
     [sink] = sinks
     assert len(sink.data) == len(data)

@@ -2,20 +2,18 @@
 RFC 7323), retransmission timing (RFC 6298), congestion control (RFC 5681, RFC 6582,
 RFC 6928), flow control, delayed ACKs, sequence wrap, reassembly and robustness.
 
-Two kinds of harness: ``Pair`` moves segments (through encode/decode, so checksums and
-options are on the wire) between two real connections; single-connection tests feed one
-connection hand-crafted segments from an imaginary peer (``peer()``) and inspect exactly
-what it emits.
+Two kinds of harness: ``Pair`` (tests/tcplink.py) moves segments (through encode/decode,
+so checksums and options are on the wire) between two real connections; single-connection
+tests feed one connection hand-crafted segments from an imaginary peer (``peer()``) and
+inspect exactly what it emits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import heapq
 import itertools
 import random
-from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -33,18 +31,25 @@ from pyralog.netstack.tcp import (
     WSCALE,
     State,
     TcpConnection,
-    TcpOwner,
     seq_diff,
     seq_le,
 )
 from pyralog.netstack.tcp_segment import ACK, FIN, PSH, RST, SYN, Segment, decode
+from tcplink import (
+    A_IP,
+    B_IP,
+    MSS,
+    PORT_A,
+    PORT_B,
+    Clock,
+    Owner,
+    Writer,
+    make_pair,
+    owner_of,
+    wire,
+)
 
 MASK = 0xFFFFFFFF
-A_IP = bytes([10, 0, 0, 1])
-B_IP = bytes([10, 0, 0, 2])
-PORT_A = 40000
-PORT_B = 80
-MSS = 1000
 ISS = 1000  # our initial send sequence number in single-connection tests
 IRS = 7_000_000  # the imaginary peer's
 D0 = ISS + 1  # sequence number of our first data byte
@@ -54,183 +59,6 @@ R0 = IRS + 1  # sequence number of the peer's first data byte
 def iw(mss: int) -> int:
     """RFC 6928 initial window."""
     return min(10 * mss, max(2 * mss, 14600))
-
-
-def wire(seg: Segment, src: bytes = A_IP, dst: bytes = B_IP) -> Segment:
-    """The segment as the far end decodes it (options and checksum really on the wire)."""
-    return decode(seg.encode(src, dst), src, dst)
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-
-class Owner(TcpOwner):
-    """Records every upcall; optionally reads everything as soon as it is readable."""
-
-    def __init__(self, clock: Clock, *, auto_read: bool = True) -> None:
-        self.clock = clock
-        self.auto_read = auto_read
-        self.events: list[str] = []
-        self.received = bytearray()
-        self.errors: list[OSError | None] = []
-
-    def tcp_connected(self, conn: TcpConnection) -> None:
-        self.events.append("connected")
-
-    def tcp_readable(self, conn: TcpConnection) -> None:
-        self.events.append("readable")
-        if self.auto_read:
-            self.received += conn.read(1 << 30, self.clock.now)
-
-    def tcp_eof(self, conn: TcpConnection) -> None:
-        self.events.append("eof")
-
-    def tcp_writable(self, conn: TcpConnection) -> None:
-        self.events.append("writable")
-
-    def tcp_closed(self, conn: TcpConnection, error: OSError | None) -> None:
-        self.events.append("closed")
-        self.errors.append(error)
-
-
-class Writer:
-    """An application that writes ``data`` as the send buffer allows, then closes."""
-
-    def __init__(self, conn: TcpConnection, data: bytes, *, close: bool = True) -> None:
-        self.conn = conn
-        self.data = data
-        self.offset = 0
-        self.close = close
-        self.closed = False
-
-    def push(self, now: float) -> None:
-        if self.conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT) or self.closed:
-            return
-        if self.offset < len(self.data):
-            self.offset += self.conn.send(memoryview(self.data)[self.offset :], now)
-        if self.offset == len(self.data) and self.close:
-            self.conn.close(now)
-            self.closed = True
-
-
-Mangle = Callable[[str, Segment], Segment | None]
-
-
-class Pair:
-    """Two connections joined by an instantaneous wire; ``mangle`` may alter or drop."""
-
-    def __init__(self, clock: Clock, a: TcpConnection, b: TcpConnection) -> None:
-        self.clock = clock
-        self.a = a
-        self.b = b
-        self.oa = owner_of(a)
-        self.ob = owner_of(b)
-        self.log: list[tuple[str, Segment]] = []
-        self.mangle: Mangle | None = None
-
-    def pump(self, max_rounds: int = 2000) -> None:
-        """Deliver segments back and forth until neither side has anything to send."""
-        ends = (("a", self.a, self.b, A_IP, B_IP), ("b", self.b, self.a, B_IP, A_IP))
-        for _ in range(max_rounds):
-            moved = False
-            for name, src, dst, sip, dip in ends:
-                for out in src.segments_to_send():
-                    moved = True
-                    seg: Segment | None = wire(out, sip, dip)
-                    assert seg is not None
-                    self.log.append((name, seg))
-                    if self.mangle is not None:
-                        seg = self.mangle(name, seg)
-                    if seg is not None:
-                        dst.receive(seg, self.clock.now)
-            if not moved:
-                return
-        raise AssertionError(f"no quiescence after {max_rounds} rounds")
-
-    def deadline(self) -> float | None:
-        ds = [d for d in (self.a.next_deadline(), self.b.next_deadline()) if d is not None]
-        return min(ds) if ds else None
-
-    def step(self) -> bool:
-        """Advance the clock to the earliest timer and run it; False if none is set."""
-        self.pump()
-        d = self.deadline()
-        if d is None:
-            return False
-        self.clock.now = max(self.clock.now, d)
-        for c in (self.a, self.b):
-            cd = c.next_deadline()
-            if cd is not None and cd <= self.clock.now:
-                c.tick(self.clock.now)
-        self.pump()
-        return True
-
-    def run_until(self, t: float) -> None:
-        self.pump()
-        while (d := self.deadline()) is not None and d <= t:
-            self.step()
-        self.clock.now = max(self.clock.now, t)
-
-    def run(self, writers: list[Writer], done: Callable[[], bool], limit: float = 600.0) -> None:
-        start = self.clock.now
-        while True:
-            for w in writers:
-                w.push(self.clock.now)
-            self.pump()
-            if done():
-                return
-            assert self.clock.now - start < limit, "transfer did not finish in time"
-            if not self.step():
-                for w in writers:
-                    w.push(self.clock.now)
-                self.pump()
-                assert done(), "stalled: no timer set and nothing to send"
-                return
-
-    def sent_by(self, name: str) -> list[Segment]:
-        return [s for n, s in self.log if n == name]
-
-
-def owner_of(conn: TcpConnection) -> Owner:
-    assert isinstance(conn.owner, Owner)
-    return conn.owner
-
-
-def make_pair(
-    clock: Clock | None = None,
-    *,
-    iss_a: int = 100_000,
-    iss_b: int = 900_000,
-    mss_a: int = MSS,
-    mss_b: int = MSS,
-    buf_a: int | None = None,
-    buf_b: int | None = None,
-    read_a: bool = True,
-    read_b: bool = True,
-    scaling: bool = True,
-    establish: bool = True,
-) -> Pair:
-    clock = clock or Clock()
-    kw_a = {"receive_buffer": buf_a} if buf_a else {}
-    kw_b = {"receive_buffer": buf_b} if buf_b else {}
-    a = TcpConnection(PORT_A, PORT_B, iss_a, mss_a, Owner(clock, auto_read=read_a), **kw_a)
-    b = TcpConnection(PORT_B, PORT_A, iss_b, mss_b, Owner(clock, auto_read=read_b), **kw_b)
-    pair = Pair(clock, a, b)
-    if not establish:
-        return pair
-    a.connect(clock.now)
-    [syn] = a.segments_to_send()
-    syn = wire(syn)
-    if not scaling:
-        syn.wscale = None
-    pair.log.append(("a", syn))
-    b.accept(syn, clock.now)
-    pair.pump()
-    assert a.state is State.ESTABLISHED
-    assert b.state is State.ESTABLISHED
-    return pair
 
 
 def peer(
@@ -1398,37 +1226,18 @@ def chaos_transfer(
     a, b = pair.a, pair.b
     data_a = bytes(rng.randbytes(size_ab))
     data_b = bytes(rng.randbytes(size_ba))
-    writers = [Writer(a, data_a), Writer(b, data_b)]
-    queue: list[tuple[float, int, str, Segment]] = []
-    serial = 0
-    for _ in range(100_000):
-        for w in writers:
-            w.push(clock.now)
-        for name, src, sip, dip in (("a", a, A_IP, B_IP), ("b", b, B_IP, A_IP)):
-            for seg in src.segments_to_send():
-                copies = 0 if rng.random() < drop else (2 if rng.random() < dup else 1)
-                for _ in range(copies):
-                    serial += 1
-                    when = clock.now + 0.005 + rng.random() * jitter
-                    heapq.heappush(queue, (when, serial, name, wire(seg, sip, dip)))
-        assert len(queue) < 5000, f"segment storm: {len(queue)} in flight, {queue[:4]}"
-        if {a.state, b.state} <= {State.TIME_WAIT, State.CLOSED} and not queue:
-            break
-        times = [t for t in (a.next_deadline(), b.next_deadline()) if t is not None]
-        if queue:
-            times.append(queue[0][0])
-        assert times, f"stalled in {a.state}/{b.state}"
-        clock.now = max(clock.now, min(times))
-        assert clock.now < 5000, f"no completion after 5000 s: {a.state}/{b.state}"
-        while queue and queue[0][0] <= clock.now:
-            _, _, name, seg = heapq.heappop(queue)
-            (b if name == "a" else a).receive(seg, clock.now)
-        for c in (a, b):
-            d = c.next_deadline()
-            if d is not None and d <= clock.now:
-                c.tick(clock.now)
-    else:
-        raise AssertionError("did not finish")
+
+    def arrivals(name: str, seg: Segment, now: float) -> list[float]:
+        copies = 0 if rng.random() < drop else (2 if rng.random() < dup else 1)
+        return [now + 0.005 + rng.random() * jitter for _ in range(copies)]
+
+    pair.run_over_link(
+        [Writer(a, data_a), Writer(b, data_b)],
+        lambda: {a.state, b.state} <= {State.TIME_WAIT, State.CLOSED},
+        arrivals,
+        limit=5000,
+        max_in_flight=5000,
+    )
     assert bytes(pair.ob.received) == data_a
     assert bytes(pair.oa.received) == data_b
     pair.run_until(clock.now + 2 * MSL + 1)

@@ -5,13 +5,12 @@ end-to-end transfers that lose specific segments.
 
 Single-connection tests drive a ``TcpConnection`` with hand-made segments from an
 imaginary peer that offered SACK-permitted in its SYN-ACK (``sack_client``); the helpers
-of test_tcp_connection.py are reused for everything else. All deterministic: a fake
-clock, no sleeping, no network.
+of test_tcp_connection.py and the two-connection harness of tcplink.py are reused for
+everything else. All deterministic: a fake clock, no sleeping, no network.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -20,29 +19,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_segments_and_stack import L4, R4, raw_tcp
-from test_tcp_connection import (
-    A_IP,
-    B_IP,
-    D0,
-    IRS,
-    ISS,
-    MSS,
-    PORT_A,
-    PORT_B,
-    R0,
-    Clock,
-    Owner,
-    Pair,
-    Writer,
-    client,
-    data_segments,
-    make_pair,
-    wire,
-)
+from test_tcp_connection import D0, IRS, ISS, R0, client, data_segments
 
 from pyralog.netstack.tcp import MAX_DUPTHRESH, State, TcpConnection, seq_diff
 from pyralog.netstack.tcp_sack import MAX_BLOCKS, Scoreboard, receiver_blocks
 from pyralog.netstack.tcp_segment import ACK, FIN, SYN, Malformed, Segment, decode
+from tcplink import (
+    A_IP,
+    B_IP,
+    MSS,
+    PORT_A,
+    PORT_B,
+    Clock,
+    Owner,
+    Pair,
+    Writer,
+    make_pair,
+    wire,
+)
 
 MASK = 0xFFFFFFFF
 WINDOW = 2048  # the peer's window field: 256 KiB with its scale of 7
@@ -1197,44 +1191,6 @@ def test_lost_tail_followed_by_fin_recovers_without_timeout(
     assert timeouts == []
 
 
-def run_link(
-    pair: Pair,
-    writers: list[Writer],
-    done: Callable[[], bool],
-    delay: Callable[[str, Segment], float],
-    latency: float = 0.01,
-) -> None:
-    """Like Pair.run, but every segment takes ``latency`` plus ``delay(name, seg)``."""
-    clock, a, b = pair.clock, pair.a, pair.b
-    queue: list[tuple[float, int, str, Segment]] = []
-    serial = 0
-    for _ in range(100_000):
-        for w in writers:
-            w.push(clock.now)
-        for name, src, sip, dip in (("a", a, A_IP, B_IP), ("b", b, B_IP, A_IP)):
-            for out in src.segments_to_send():
-                seg = wire(out, sip, dip)
-                pair.log.append((name, seg))
-                serial += 1
-                heapq.heappush(queue, (clock.now + latency + delay(name, seg), serial, name, seg))
-        if done() and not queue:
-            return
-        times = [t for t in (a.next_deadline(), b.next_deadline()) if t is not None]
-        if queue:
-            times.append(queue[0][0])
-        assert times, "stalled"
-        clock.now = max(clock.now, min(times))
-        assert clock.now < 60, "did not finish"
-        while queue and queue[0][0] <= clock.now:
-            _, _, name, seg = heapq.heappop(queue)
-            (b if name == "a" else a).receive(seg, clock.now)
-        for c in (a, b):
-            d = c.next_deadline()
-            if d is not None and d <= clock.now:
-                c.tick(clock.now)
-    raise AssertionError("did not finish")
-
-
 def test_reordering_is_undone_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segment 20 takes 15 ms longer than the others (reordering, not loss): the
     recovery it triggers is undone by the D-SACK of its retransmission."""
@@ -1254,11 +1210,11 @@ def test_reordering_is_undone_end_to_end(monkeypatch: pytest.MonkeyPatch) -> Non
         return 0.0
 
     data = bytes(random.Random(9).randbytes(60 * MSS))
-    run_link(
-        pair,
+    pair.run_over_link(  # 10 ms each way, plus the delay
         [Writer(a, data, close=False)],
         lambda: pair.ob.received == data and a.snd_una == a.snd_max,
-        delay,
+        lambda name, seg, now: [now + 0.01 + delay(name, seg)],
+        limit=60,
     )
     assert bytes(pair.ob.received) == data
     assert timeouts == []

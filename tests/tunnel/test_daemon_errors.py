@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-PYRALOG_WG = str(Path(sys.executable).with_name("pyralog-wg"))
+from processes import as_nobody, console_script
+
+PYRALOG_WG = str(console_script("pyralog-wg"))
 
 
 def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -23,7 +23,7 @@ def unprivileged(cmd: list[str]) -> list[str]:
         return cmd
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to drop root privileges")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    return as_nobody(*cmd)
 
 
 def test_without_privileges_names_the_problem_and_points_to_embedded_mode() -> None:

@@ -46,13 +46,15 @@ from wgsim import (
     B_EP,
     B_IP,
     WALL_OFFSET,
+    Endpoint,
     Pair,
+    drop_delta,
+    feed,
     ipv4_packet,
     ipv6_packet,
+    kinds,
     make_pair,
 )
-
-Endpoint = tuple[str, int]
 
 FUZZ = settings(
     max_examples=200,
@@ -64,11 +66,6 @@ FUZZ = settings(
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def drop_delta(device: Device, before: dict[str, int]) -> dict[str, int]:
-    """The drop counters that changed since ``before``, with how much they grew."""
-    return {k: v - before[k] for k, v in device.drops.items() if v != before[k]}
 
 
 def drain(*devices: Device) -> None:
@@ -88,13 +85,6 @@ def established(seed: int = 0) -> Pair:
     return pair
 
 
-def feed(device: Device, data: bytes, endpoint: Endpoint, now: float) -> dict[str, int]:
-    """Deliver one datagram; return the drop counters it moved."""
-    before = dict(device.drops)
-    device.receive_datagram(data, endpoint, now)
-    return drop_delta(device, before)
-
-
 def assert_silent(device: Device) -> None:
     assert device.datagrams_to_send() == []
     assert device.packets_to_deliver() == []
@@ -102,10 +92,6 @@ def assert_silent(device: Device) -> None:
 
 def first_sent(pair: Pair, kind: int) -> bytes:
     return next(s.data for s in pair.net.log if s.kind == kind)
-
-
-def kinds(pair: Pair) -> list[int]:
-    return [s.kind for s in pair.net.log]
 
 
 def initiation_from(

@@ -31,9 +31,21 @@ from pyralog.wireguard.peer import Peer
 from pyralog.wireguard.ratelimiter import RateLimiter
 from pyralog.wireguard.tai64n import tai64n
 
-from wgsim import A_EP, A_IP, B_EP, B_IP, WALL_OFFSET, Pair, ipv4_packet, make_pair
+from wgsim import (
+    A_EP,
+    A_IP,
+    B_EP,
+    B_IP,
+    WALL_OFFSET,
+    Endpoint,
+    Pair,
+    drop_delta,
+    feed,
+    ipv4_packet,
+    kinds,
+    make_pair,
+)
 
-Endpoint = tuple[str, int]
 A2_EP = ("192.0.2.77", 40000)
 
 INIT, RESP, COOKIE, DATA = (
@@ -42,20 +54,6 @@ INIT, RESP, COOKIE, DATA = (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_TRANSPORT,
 )
-
-
-def drop_delta(device: Device, before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before[k] for k, v in device.drops.items() if v != before[k]}
-
-
-def feed(device: Device, data: bytes, endpoint: Endpoint, now: float) -> dict[str, int]:
-    before = dict(device.drops)
-    device.receive_datagram(data, endpoint, now)
-    return drop_delta(device, before)
-
-
-def kinds(pair: Pair, start: int = 0) -> list[int]:
-    return [s.kind for s in pair.net.log[start:]]
 
 
 def mac2(datagram: bytes) -> bytes:
