@@ -17,8 +17,8 @@ import hashlib
 import os
 import random
 import shutil
+import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +28,9 @@ from typing import Any
 
 import pytest
 
-from netns import unique, wait_until
+from netns import unique
+from ports import free_port
+from processes import console_script, stop_process, wait_until
 from pyralog.net import EmbeddedNetwork, KernelNetwork, Network
 from pyralog.netstack.embedded import EmbeddedTunnel
 from pyralog.wireguard.config import parse
@@ -36,7 +38,6 @@ from pyralog.wireguard.keys import PrivateKey, PublicKey
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 TIMEOUT = 20.0
-PYRALOG_WG = str(Path(sys.executable).with_name("pyralog-wg"))
 
 
 def config_text(
@@ -50,11 +51,7 @@ def config_text(
 
 
 def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
+    return free_port(socket.SOCK_DGRAM, "0.0.0.0")
 
 
 class Sides:
@@ -91,7 +88,7 @@ async def kernel_pair() -> AsyncIterator[Sides]:
     port_a, port_b = free_udp_port(), free_udp_port()
     ifname = unique("wgnet")[:15]
     proc = subprocess.Popen(
-        [PYRALOG_WG, "-f", ifname],
+        [str(console_script("pyralog-wg")), "-f", ifname],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL",)},
@@ -119,12 +116,7 @@ async def kernel_pair() -> AsyncIterator[Sides]:
         os.unlink(secret.name)
         if b is not None:
             await b.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         subprocess.run(["ip", "link", "del", ifname], capture_output=True)
 
 
@@ -318,7 +310,7 @@ def test_port_forwarder_runs_over_either_network(kind: str) -> None:
 
         server = await s.b.start_server(hello, B_IP, 7102)
         forwarder = Forwarder(s.a)
-        local_port = free_udp_port()  # likely free for TCP too
+        local_port = free_port()
         await forwarder.add_forward(Forward("127.0.0.1", local_port, B_IP, 7102))
         reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
         writer.write(b"A\n")
