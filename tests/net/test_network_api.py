@@ -32,7 +32,6 @@ from netns import unique
 from ports import free_port
 from processes import console_script, stop_process, wait_until
 from pyralog.net import EmbeddedNetwork, KernelNetwork, Network
-from pyralog.netstack.embedded import EmbeddedTunnel
 from pyralog.wireguard.config import parse
 from pyralog.wireguard.keys import PrivateKey, PublicKey
 
@@ -63,14 +62,14 @@ class Sides:
 async def embedded_pair() -> AsyncIterator[Sides]:
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     port_a, port_b = free_udp_port(), free_udp_port()
-    a = await EmbeddedTunnel.start(
+    a = await EmbeddedNetwork.start(
         parse(config_text(key_a, A_IP, port_a, key_b.public_key, B_IP, port_b), "a.conf")
     )
-    b = await EmbeddedTunnel.start(
+    b = await EmbeddedNetwork.start(
         parse(config_text(key_b, B_IP, port_b, key_a.public_key, A_IP, port_a), "b.conf")
     )
     try:
-        yield Sides(EmbeddedNetwork(a), EmbeddedNetwork(b), key_a.public_key, key_b.public_key)
+        yield Sides(a, b, key_a.public_key, key_b.public_key)
     finally:
         await a.close()
         await b.close()
@@ -94,7 +93,7 @@ async def kernel_pair() -> AsyncIterator[Sides]:
         env={k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL",)},
     )
     sock = Path("/var/run/wireguard") / f"{ifname}.sock"
-    b: EmbeddedTunnel | None = None
+    b: EmbeddedNetwork | None = None
     with tempfile.NamedTemporaryFile("w", delete=False) as secret:
         secret.write(key_a.to_base64())
     try:
@@ -107,11 +106,11 @@ async def kernel_pair() -> AsyncIterator[Sides]:
         sh("ip", "address", "add", f"{A_IP}/32", "dev", ifname)
         sh("ip", "link", "set", ifname, "up")
         sh("ip", "route", "add", f"{B_IP}/32", "dev", ifname)
-        b = await EmbeddedTunnel.start(
+        b = await EmbeddedNetwork.start(
             parse(config_text(key_b, B_IP, port_b, key_a.public_key, A_IP, port_a), "b.conf")
         )
         a = KernelNetwork.for_interface(ifname)
-        yield Sides(a, EmbeddedNetwork(b), key_a.public_key, key_b.public_key)
+        yield Sides(a, b, key_a.public_key, key_b.public_key)
     finally:
         os.unlink(secret.name)
         if b is not None:
@@ -204,6 +203,7 @@ def test_bulk_both_ways_addresses_and_peer_identity(kind: str, direction: str) -
 
 def test_peer_of_unknown_and_bad_addresses(kind: str) -> None:
     async def main(s: Sides) -> None:
+        assert isinstance(s.a, Network) and isinstance(s.b, Network)
         for net in (s.a, s.b):
             assert net.peer_of("10.9.0.77") is None
             assert net.peer_of("not an address") is None

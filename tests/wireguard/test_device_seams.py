@@ -134,13 +134,17 @@ def test_policy_that_declines_leaves_the_device_silent() -> None:
     assert [s.kind for s in net.log] == [MESSAGE_INITIATION]  # no answer at all
 
 
-def test_admission_the_device_refuses_is_counted_and_silent() -> None:
-    net, a, b, _ = lone_pair(Admission(allowed_ips=["not a network"]))
+@pytest.mark.parametrize(
+    "admission",
+    [Admission(allowed_ips=["not a network"]), Admission(persistent_keepalive=70000)],
+)
+def test_admission_the_device_refuses_is_counted_and_silent(admission: Admission) -> None:
+    net, a, b, _ = lone_pair(admission)
     a.send_packet(ipv4_packet(A_IP, B_IP), 0.0)
     net.pump()
     assert b.peers == [] and b.drops["admission_refused"] == 1
     assert [s.kind for s in net.log] == [MESSAGE_INITIATION]
-    assert not any(isinstance(e, ev.PeerAdded) for e in b.events())
+    assert not any(isinstance(e, ev.PeerAdded | ev.PeerRemoved) for e in b.events())
 
 
 def test_policy_is_not_asked_about_initiations_with_a_bad_mac1() -> None:
@@ -197,3 +201,16 @@ def test_every_reason_the_handshake_can_raise_has_a_drop_counter() -> None:
     }
     assert len(raised) >= 8
     assert raised <= set(DROP_REASONS), raised - set(DROP_REASONS)
+
+
+def test_policy_that_raises_drops_the_initiation_quietly() -> None:
+    net, a, b, _ = lone_pair(None)
+
+    def broken(who: UnknownInitiator) -> Admission | None:
+        raise RuntimeError("policy bug")
+
+    b.unknown_initiator_policy = broken
+    a.send_packet(ipv4_packet(A_IP, B_IP), 0.0)
+    net.pump()  # must not raise out of the Device
+    assert b.drops["internal_error"] == 1 and b.peers == []
+    assert [s.kind for s in net.log] == [MESSAGE_INITIATION]

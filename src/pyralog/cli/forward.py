@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config, forwards, reverses) -> int:  # type: ignore[no-untyped-def]
-    from pyralog.net.embedded import EmbeddedNetwork
     from pyralog.net.forward import Forwarder
     from pyralog.netstack.embedded import EmbeddedTunnel
 
@@ -83,7 +82,7 @@ async def _serve(config, forwards, reverses) -> int:  # type: ignore[no-untyped-
     except OSError as e:
         print(f"pyralog forward: cannot open the tunnel's UDP socket: {e}", file=sys.stderr)
         return 1
-    forwarder = Forwarder(EmbeddedNetwork(tunnel))
+    forwarder = Forwarder(tunnel)
     try:
         for fwd in forwards:
             await forwarder.add_forward(fwd)

@@ -8,7 +8,8 @@ authorise a connection by its peer's identity. Two implementations:
 - ``KernelNetwork`` (``kernel``): kernel sockets bound to the mesh address of a TUN or
   kernel WireGuard interface (pyralog-wg, wireguard-go, the kernel module); peers are
   read from the interface's UAPI socket;
-- ``EmbeddedNetwork`` (``embedded``): the in-process netstack of an ``EmbeddedTunnel``.
+- ``EmbeddedNetwork`` (``embedded``): the in-process netstack; it is the
+  ``EmbeddedTunnel`` itself, which implements the interface.
 
 ``forward`` (port forwarding, ``pyralog forward``) is written against ``Network`` only.
 """
@@ -16,10 +17,9 @@ authorise a connection by its peer's identity. Two implementations:
 from pyralog.net.api import Network
 from pyralog.net.embedded import EmbeddedNetwork
 from pyralog.net.kernel import KernelNetwork
-from pyralog.net.peers import DevicePeers, PeerDirectory, UapiPeers
+from pyralog.net.peers import PeerDirectory, UapiPeers
 
 __all__ = [
-    "DevicePeers",
     "EmbeddedNetwork",
     "KernelNetwork",
     "Network",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pyralog.wireguard.keys import PublicKey
 
@@ -21,6 +21,7 @@ ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitabl
 STREAM_LIMIT = 2**16
 
 
+@runtime_checkable
 class Network(Protocol):
     @property
     def addresses(self) -> Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]:

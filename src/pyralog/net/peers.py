@@ -2,9 +2,10 @@
 
 WireGuard accepts a packet from a tunnel only if its source lies in the sending peer's
 allowed IPs, so on a socket bound to the mesh interface the source address names the
-peer. ``DevicePeers`` reads that from an in-process Device (embedded mode, or a daemon
-in the same process); ``UapiPeers`` from any userspace daemon's UAPI socket (pyralog-wg,
-wireguard-go), re-read when an address is not found or the copy is older than ``ttl``.
+peer. An in-process Device answers that itself (``Device.peer_for_address``, which the
+embedded tunnel uses); ``UapiPeers`` reads it from any userspace daemon's UAPI socket
+(pyralog-wg, wireguard-go), re-read when an address is not found or the copy is older
+than ``ttl``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from typing import Protocol
 
 from pyralog.wireguard.allowedips import AllowedIPs
-from pyralog.wireguard.device import Device
 from pyralog.wireguard.keys import PublicKey
 
 UAPI_DIR = "/var/run/wireguard"
@@ -31,18 +31,6 @@ def _packed(address: str) -> bytes | None:
         return ipaddress.ip_address(address.partition("%")[0]).packed
     except ValueError:
         return None
-
-
-class DevicePeers:
-    def __init__(self, device: Device) -> None:
-        self.device = device
-
-    def peer_of(self, address: str) -> PublicKey | None:
-        packed = _packed(address)
-        if packed is None:
-            return None
-        peer = self.device.allowed_ips.lookup(packed)
-        return None if peer is None else peer.public_key
 
 
 class UapiPeers:

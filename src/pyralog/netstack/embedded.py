@@ -15,8 +15,9 @@ take asyncio's own arguments and return its types::
     tunnel.apply(SetRequest(peers=[PeerChange(key, endpoint=("192.0.2.9", 51820))]))
     await tunnel.close()
 
-Programs that should not care whether the kernel or this stack carries the tunnel use
-``pyralog.net`` instead, which wraps both behind one interface.
+An EmbeddedTunnel is a ``pyralog.net.Network`` (it adds ``addresses`` and ``peer_of``):
+programs that should not care whether the kernel or this stack carries the tunnel are
+written against that interface.
 """
 
 from __future__ import annotations
@@ -185,6 +186,15 @@ class EmbeddedTunnel:
     @property
     def listen_port(self) -> int:
         return self._link().listen_port()
+
+    @property
+    def addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The tunnel's own addresses (its mesh addresses)."""
+        return [ipaddress.ip_address(str(a)) for a in self.stack.addresses]
+
+    def peer_of(self, address: str) -> PublicKey | None:
+        """The WireGuard public key behind ``address``, e.g. a connection's peername."""
+        return self.device.peer_for_address(address)
 
     def _link(self) -> Link:
         if self.link is None:

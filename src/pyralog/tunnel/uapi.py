@@ -24,7 +24,7 @@ from pyralog.link.control import (
     SetRequest,
     invalid,
 )
-from pyralog.link.control import apply as apply_set
+from pyralog.link.control import apply as apply_change
 from pyralog.wireguard import endpoint
 from pyralog.wireguard.device import Device
 from pyralog.wireguard.endpoint import Endpoint, format_endpoint
@@ -38,7 +38,6 @@ from pyralog.wireguard.keys import (
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # generous: 10,000 peers with a few prefixes each
 
 UapiError = ConfigChangeError  # a request that cannot be applied; ``code`` is a positive errno
-_invalid = invalid
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -46,7 +45,6 @@ __all__ = [
     "PeerChange",
     "SetRequest",
     "UapiError",
-    "apply_set",
     "format_endpoint",
     "format_get",
     "handle_request",
@@ -57,25 +55,25 @@ __all__ = [
 
 def _hex_key(value: str, what: str) -> bytes:
     if len(value) != 64:
-        raise _invalid(f"{what} must be 64 hex characters, got {len(value)}")
+        raise invalid(f"{what} must be 64 hex characters, got {len(value)}")
     try:
         return bytes.fromhex(value)
     except ValueError:
-        raise _invalid(f"{what} is not hexadecimal") from None
+        raise invalid(f"{what} is not hexadecimal") from None
 
 
 def _true(key: str, value: str) -> bool:
     if value != "true":
-        raise _invalid(f"{key} only accepts 'true', got {value!r}")
+        raise invalid(f"{key} only accepts 'true', got {value!r}")
     return True
 
 
 def _int(key: str, value: str, low: int, high: int) -> int:
     if not value.isdigit():
-        raise _invalid(f"{key} must be a number, got {value!r}")
+        raise invalid(f"{key} must be a number, got {value!r}")
     n = int(value)
     if not low <= n <= high:
-        raise _invalid(f"{key} must be within {low}..{high}, got {n}")
+        raise invalid(f"{key} must be within {low}..{high}, got {n}")
     return n
 
 
@@ -85,7 +83,7 @@ def parse_endpoint(value: str) -> Endpoint:
     try:
         return endpoint.parse_endpoint(value)
     except endpoint.EndpointError as e:
-        raise _invalid(str(e)) from None
+        raise invalid(str(e)) from None
 
 
 def parse_set(lines: list[str]) -> SetRequest:
@@ -95,11 +93,11 @@ def parse_set(lines: list[str]) -> SetRequest:
     for number, line in enumerate(lines, 1):
         key, sep, value = line.partition("=")
         if not sep:
-            raise _invalid(f"line {number}: expected key=value, got {line!r}")
+            raise invalid(f"line {number}: expected key=value, got {line!r}")
         if key == "public_key":
             raw = _hex_key(value, "public_key")
             if is_low_order(raw):
-                raise _invalid(f"line {number}: public_key is not a usable Curve25519 key")
+                raise invalid(f"line {number}: public_key is not a usable Curve25519 key")
             peer = PeerChange(PublicKey(raw))
             req.peers.append(peer)
         elif peer is None:
@@ -116,7 +114,7 @@ def parse_set(lines: list[str]) -> SetRequest:
             elif key == "replace_peers":
                 req.replace_peers = _true(key, value)
             else:
-                raise _invalid(f"line {number}: unknown interface key {key!r}")
+                raise invalid(f"line {number}: unknown interface key {key!r}")
         elif key == "remove":
             peer.remove = _true(key, value)
         elif key == "update_only":
@@ -133,12 +131,12 @@ def parse_set(lines: list[str]) -> SetRequest:
             try:
                 peer.allowed_ips.append(ipaddress.ip_network(value, strict=False))
             except ValueError:
-                raise _invalid(f"line {number}: allowed_ip {value!r} is not ADDRESS/CIDR") from None
+                raise invalid(f"line {number}: allowed_ip {value!r} is not ADDRESS/CIDR") from None
         elif key == "protocol_version":
             if value != "1":
-                raise _invalid(f"line {number}: protocol_version {value!r} is not supported")
+                raise invalid(f"line {number}: protocol_version {value!r} is not supported")
         else:
-            raise _invalid(f"line {number}: unknown peer key {key!r}")
+            raise invalid(f"line {number}: unknown peer key {key!r}")
     return req
 
 
@@ -184,12 +182,12 @@ def handle_request(
     try:
         if op == "get=1":
             if body:
-                raise _invalid("get=1 takes no arguments")
+                raise invalid("get=1 takes no arguments")
             text = "".join(f"{line}\n" for line in format_get(device, interface))
             return text + "errno=0\n\n", None
         if op == "set=1":
-            apply_set(device, interface, parse_set(body), now)
+            apply_change(device, interface, parse_set(body), now)
             return "errno=0\n\n", None
-        raise _invalid(f"unknown operation {op!r}")
+        raise invalid(f"unknown operation {op!r}")
     except UapiError as e:
         return f"errno={-e.code}\n\n", e

@@ -10,7 +10,8 @@ any peer), or None to stay silent.
 
 The policy runs after mac1 and, under load, after the cookie check and the rate limit,
 so it only ever sees initiations that are well-formed and addressed to us. It must be
-quick and must not do IO: it runs inside ``Device.receive_datagram``. Its owner decides
+quick and must not do IO: it runs inside ``Device.receive_datagram`` (an exception
+from it drops the initiation and counts as ``internal_error``). Its owner decides
 what "provisional" means (``Device.confirm_peer`` makes the peer ordinary, removing it
 ends it); the Device only marks it and reports ``PeerAdmitted``.
 """

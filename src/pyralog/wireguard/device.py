@@ -387,6 +387,16 @@ class Device:
     ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return self.allowed_ips.entries(self._require(public_key))
 
+    def peer_for_address(self, address: str) -> PublicKey | None:
+        """The peer whose allowed IPs hold ``address`` (cryptokey routing read backwards:
+        the only peer a packet from that source can have come from), or None."""
+        try:
+            packed = ipaddress.ip_address(address.partition("%")[0]).packed
+        except ValueError:
+            return None
+        peer = self.allowed_ips.lookup(packed)
+        return None if peer is None else peer.public_key
+
     def _require(self, public_key: PublicKey) -> Peer:
         peer = self._peers.get(public_key)
         if peer is None:
@@ -892,18 +902,16 @@ class Device:
         if not isinstance(decision, Admission):
             self._unknown_peer(remote_static, endpoint, now)
             return None
-        try:
+        try:  # add_peer checks everything before it adds anything
             peer = self.add_peer(
                 key,
                 now,
                 preshared_key=decision.preshared_key,
                 endpoint=endpoint,
                 allowed_ips=decision.allowed_ips,
+                persistent_keepalive=decision.persistent_keepalive,
             )
-            if decision.persistent_keepalive:
-                self.set_persistent_keepalive(key, decision.persistent_keepalive, now)
         except (ConfigError, InvalidKeyError):
-            self.remove_peer(key, now)
             self.drops["admission_refused"] += 1
             return None
         peer.provisional = True
