@@ -1,1 +1,1 @@
-"""The runtime around the sans-IO core: UDP sockets, Linux TUN, the UAPI socket, the daemon."""
+"""TUN mode: Linux TUN, the UAPI socket and the pyralog-wg daemon, around a ``pyralog.link.Link``."""
