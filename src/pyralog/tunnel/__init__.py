@@ -1,1 +1,1 @@
-"""TUN mode: Linux TUN, the UAPI socket and the pyralog-wg daemon, around a ``pyralog.link.Link``."""
+"""TUN mode: Linux TUN, the UAPI socket and the pyralog-wg daemon, around a link."""
