@@ -8,7 +8,11 @@ and the RTO), ``tcp_congestion`` (the congestion window: Reno with byte counting
 ``tcp_recovery`` (loss recovery: NewReno, RFC 6675 SACK recovery and its D-SACK undo, the
 tail loss probe), ``tcp_receive`` (reassembly and the advertised window); ``tcp_sack``,
 ``tcp_segment`` and ``tcp_seq`` hold the SACK data structures, the wire format and
-sequence arithmetic. Their names are re-exported here, as they were defined here before.
+sequence arithmetic. Their names are re-exported here, as they were defined here before,
+and the state tests read (``cwnd``, ``srtt``, ``rcv_nxt``, ...) stays readable as
+properties. What remains is long for one module (about 750 lines): RFC 9293's segment
+arrival procedure and the transmit paths, which share the send sequence space on every
+segment; split, each segment would pay for the hop to it.
 
 The connection consumes parsed segments and ``now`` and produces segments to send
 (``segments_to_send``) and a deadline (``next_deadline``); it never touches a socket or a
