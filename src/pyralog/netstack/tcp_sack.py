@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-MASK = 0xFFFFFFFF
+from pyralog.netstack.tcp_seq import MASK, seq_diff
+
 MAX_BLOCKS = 4  # 2 + 4 * 8 = 34 option bytes: fits the 40 available without timestamps
-
-
-def _diff(a: int, b: int) -> int:
-    d = (a - b) & MASK
-    return d - (1 << 32) if d > 0x7FFFFFFF else d
 
 
 def receiver_blocks(
@@ -31,7 +27,7 @@ def receiver_blocks(
     ``rcv_nxt``. A reported duplicate (D-SACK) goes first, then the block holding the most
     recently received segment ``latest``, then the others from the highest down."""
     spans = sorted(
-        (_diff(seq, rcv_nxt), _diff(seq, rcv_nxt) + length) for seq, length in held if length
+        (seq_diff(seq, rcv_nxt), seq_diff(seq, rcv_nxt) + length) for seq, length in held if length
     )
     merged: list[list[int]] = []
     for start, end in spans:
@@ -43,7 +39,7 @@ def receiver_blocks(
             merged.append([start, end])
     first: list[int] | None = None
     if latest is not None:
-        at = _diff(latest, rcv_nxt)
+        at = seq_diff(latest, rcv_nxt)
         for span in merged:
             if span[0] <= at < span[1]:
                 first = span
