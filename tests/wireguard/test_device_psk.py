@@ -91,12 +91,12 @@ def test_both_switched_confirms_the_new_key_and_retires_the_old(first: str, init
         confirmed = events_of(d, ev.PresharedKeyConfirmed)
         assert [e.peer for e in confirmed] == [other.public_key]
         peer = d.get_peer(other.public_key)
-        assert peer is not None and peer.psk_previous is None
+        assert peer is not None and peer.rollover is None  # the old key retired
         assert peer.preshared_key == NEW
     # The old key no longer opens anything: a peer still holding it fails.
     for side in ("a", "b"):
         switch(pair, side, NEW)  # unchanged: no new grace window
-    assert pair.a.get_peer(pair.b_key.public_key).psk_previous is None  # type: ignore[union-attr]
+    assert pair.a.get_peer(pair.b_key.public_key).rollover is None  # type: ignore[union-attr]
 
 
 def test_after_the_grace_period_a_side_that_never_switched_is_rejected() -> None:
@@ -132,7 +132,7 @@ def test_setting_the_same_key_again_opens_no_grace_window() -> None:
     peer = pair.a.get_peer(pair.b_key.public_key)
     assert peer is not None
     switch(pair, "a", OLD)
-    assert peer.psk_previous is None and not peer.psk_unconfirmed
+    assert peer.rollover is None
 
 
 def test_removing_the_key_rolls_over_to_no_psk() -> None:
@@ -149,3 +149,28 @@ def test_running_session_survives_a_key_change() -> None:
     switch(pair, "a", NEW)
     sent = pair.a_to_b(b"still flowing")
     assert pair.net.delivered[B_EP][-1] == sent
+
+
+def test_confirmation_after_the_grace_period_is_still_reported() -> None:
+    """The old key stops counting at the end of the grace period; a peer that switches
+    later still gets its new key confirmed (and nothing of the old key is kept)."""
+    pair = established(seed=17)
+    switch(pair, "a", NEW)
+    pair.net.advance(pair.net.now + PSK_GRACE + 1.0)
+    switch(pair, "b", NEW)
+    for d in (pair.a, pair.b):
+        d.events()
+    assert rekey_with_retry(pair, "a")
+    rollover_a = pair.a.get_peer(pair.b_key.public_key).rollover  # type: ignore[union-attr]
+    assert rollover_a is None
+    assert [type(e) for e in events_of(pair.a, ev.PresharedKeyConfirmed)]
+
+
+def test_old_key_is_forgotten_when_the_grace_period_ends() -> None:
+    pair = established(seed=18)
+    switch(pair, "a", NEW)
+    peer = pair.a.get_peer(pair.b_key.public_key)
+    assert peer is not None and peer.rollover is not None
+    assert peer.rollover.previous_key(pair.net.now) == OLD.raw
+    assert peer.rollover.previous_key(pair.net.now + PSK_GRACE) is None
+    assert peer.rollover.previous is None  # zeroed, not just ignored

@@ -17,8 +17,8 @@ Malformed, unauthenticated or unexpected input never raises: it is dropped and c
 Runtime changes go through the configuration methods (the atomic, validated path over
 them is ``pyralog.link.control``). Two of them need care across the two peers:
 ``set_preshared_key`` keeps the replaced key for ``psk_grace`` seconds so the sides may
-switch at different moments, and ``unknown_initiator_policy`` (see ``admission``) may
-admit a handshake from a key it has no peer for.
+switch at different moments (``psk``), and ``unknown_initiator_policy`` (``admission``)
+may admit a handshake from a key it has no peer for.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ from pyralog.wireguard.messages import (
     message_type,
 )
 from pyralog.wireguard.peer import Peer
+from pyralog.wireguard.psk import Rollover
 from pyralog.wireguard.ratelimiter import RateLimiter
 from pyralog.wireguard.tai64n import tai64n
 from pyralog.wireguard.timers import (
@@ -325,23 +326,15 @@ class Device:
         self, public_key: PublicKey, preshared_key: PresharedKey | None, now: float
     ) -> None:
         """Takes effect at the next handshake; the running session is not interrupted.
-
-        The two peers seldom switch at the same instant, so for ``psk_grace`` seconds the
-        replaced key still works: as initiator we open a response under the new key or
-        else the old one; as responder we answer under the new key, and under the old one
-        if the peer retries after a response it could not use. The first handshake under
-        the new key on either side reports ``PresharedKeyConfirmed`` and retires the old
-        key; a response that opens under neither reports ``PresharedKeyRejected``.
-        """
+        The replaced key still counts for ``psk_grace`` seconds, so the peer may switch
+        later (see ``psk``): ``PresharedKeyConfirmed`` once both use the new key,
+        ``PresharedKeyRejected`` for a response that opens under neither."""
         peer = self._require(public_key)
         new = (preshared_key or PresharedKey.ZERO).raw
         hs = peer.handshake
         if new == hs.preshared_key:
             return
-        peer.psk_previous = hs.preshared_key
-        peer.psk_previous_until = now + self.psk_grace
-        peer.psk_unconfirmed = True
-        peer.psk_response_pending = False
+        peer.rollover = Rollover(hs.preshared_key, now + self.psk_grace)
         hs.preshared_key = new
 
     def rekey(self, public_key: PublicKey, now: float) -> bool:
@@ -647,9 +640,9 @@ class Device:
             dropped = keypairs.confirm(kp)
             if dropped:
                 self._drop_keypairs(dropped)
-            if peer.psk_response_pending:
-                peer.psk_response_pending = False
-                self._psk_worked(peer, peer.psk_response_used_previous, now)
+            rollover = peer.rollover
+            if rollover is not None and rollover.answer_confirmed():
+                self._psk_confirmed(peer, now)
             self._handshake_complete(peer, now, initiator=False)
             if peer.staged:
                 self._send_staged(peer, now)
@@ -761,15 +754,10 @@ class Device:
         if self._indices.get(old_index) is hs:
             del self._indices[old_index]
         index = self._new_index(hs)
-        # Answer under the previous PSK only when the peer retried after our answer under
-        # the current one went unused (see set_preshared_key).
-        previous = self._previous_psk(peer, now)
-        use_previous = (
-            previous is not None
-            and peer.psk_response_pending
-            and not peer.psk_response_used_previous
-        )
-        psk = previous if use_previous and previous is not None else hs.preshared_key
+        rollover = peer.rollover
+        psk, used_previous = hs.preshared_key, False
+        if rollover is not None:
+            psk, used_previous = rollover.key_to_answer(psk, now)
         try:
             response = create_response(hs, index, self._ephemeral(), psk)
         except HandshakeRejected as e:
@@ -778,8 +766,8 @@ class Device:
             self.drops[e.reason] += 1
             return
         datagram = peer.cookies.add_macs(response.pack(), now)
-        peer.psk_response_pending = True
-        peer.psk_response_used_previous = use_previous
+        if rollover is not None:
+            rollover.answered(used_previous)
         self._begin_session(peer, now)
         peer.timers.on_session_derived(now)
         self._transmit_handshake(peer, datagram, now)
@@ -794,8 +782,12 @@ class Device:
             return
         assert self.private_key is not None
         peer: Peer = hs.owner  # type: ignore[assignment]
-        previous = self._previous_psk(peer, now)
-        keys = (hs.preshared_key,) if previous is None else (hs.preshared_key, previous)
+        rollover = peer.rollover
+        keys = (
+            (hs.preshared_key,)
+            if rollover is None
+            else rollover.keys_to_open_response(hs.preshared_key, now)
+        )
         try:
             position = consume_response(self.private_key, hs, msg, keys)
         except HandshakeRejected as e:
@@ -806,7 +798,8 @@ class Device:
                 peer.psk_rejected_at = hs.last_sent
                 self._event(ev.PresharedKeyRejected(self._wall(now), peer.public_key))
             return
-        self._psk_worked(peer, position == 1, now)
+        if rollover is not None and position == 0:
+            self._psk_confirmed(peer, now)
         peer.rx_bytes += len(data)
         peer.rx_packets += 1
         if peer.endpoint != endpoint:
@@ -874,20 +867,8 @@ class Device:
 
     # -- preshared key roll-over and admission -----------------------------------------
 
-    def _previous_psk(self, peer: Peer, now: float) -> bytes | None:
-        """The replaced PSK while it is still accepted (forgotten once it is not)."""
-        if peer.psk_previous is None:
-            return None
-        if now >= peer.psk_previous_until:
-            peer.psk_previous = None
-            return None
-        return peer.psk_previous
-
-    def _psk_worked(self, peer: Peer, used_previous: bool, now: float) -> None:
-        if used_previous or not peer.psk_unconfirmed:
-            return  # the peer is still on the old key, or nothing changed
-        peer.psk_unconfirmed = False
-        peer.psk_previous = None
+    def _psk_confirmed(self, peer: Peer, now: float) -> None:
+        peer.rollover = None  # the old key is retired
         self._event(ev.PresharedKeyConfirmed(self._wall(now), peer.public_key))
 
     def _admit(

@@ -17,6 +17,7 @@ from pyralog.wireguard.endpoint import Endpoint
 from pyralog.wireguard.handshake import Handshake
 from pyralog.wireguard.keypair import Keypairs
 from pyralog.wireguard.keys import PresharedKey, PublicKey
+from pyralog.wireguard.psk import Rollover
 from pyralog.wireguard.timers import PeerTimers
 
 
@@ -28,14 +29,10 @@ class Peer:
         "keypairs",
         "last_handshake",
         "provisional",
-        "psk_previous",
-        "psk_previous_until",
         "psk_rejected_at",
-        "psk_response_pending",
-        "psk_response_used_previous",
-        "psk_unconfirmed",
         "public_key",
         "removed",
+        "rollover",
         "rx_bytes",
         "rx_packets",
         "staged",
@@ -68,14 +65,7 @@ class Peer:
         self.removed = False
         # Admitted by the unknown-initiator policy and not yet confirmed by its owner.
         self.provisional = False
-        # PSK roll-over (see Device.set_preshared_key): the key replaced last, accepted
-        # until psk_previous_until; whether the current one has been seen to work; and
-        # what our last unconfirmed handshake response was sealed under.
-        self.psk_previous: bytes | None = None
-        self.psk_previous_until = -math.inf
-        self.psk_unconfirmed = False
-        self.psk_response_pending = False
-        self.psk_response_used_previous = False
+        self.rollover: Rollover | None = None  # a PSK change under way (see psk.py)
         self.psk_rejected_at: float | None = None  # the initiation last reported rejected
 
     @property
