@@ -19,6 +19,12 @@ them is ``pyralog.link.control``). Two of them need care across the two peers:
 ``set_preshared_key`` keeps the replaced key for ``psk_grace`` seconds so the sides may
 switch at different moments (``psk``), and ``unknown_initiator_policy`` (``admission``)
 may admit a handshake from a key it has no peer for.
+
+This module is long (about 950 lines) for one reason: the Device alone owns the index
+table, the timer heap and the output queues, and every path (configuration, sending,
+each message type received, timers) changes them together. The concepts it applies
+live in their own modules (handshake, cookie, keypair, timers, psk, admission, ...);
+what stays here is the bookkeeping that ties them to those shared tables.
 """
 
 from __future__ import annotations
