@@ -80,14 +80,17 @@ def sh(*argv: str) -> None:
 
 
 @asynccontextmanager
-async def kernel_pair() -> AsyncIterator[Sides]:
+async def kernel_pair(daemon: str = "pyralog-wg") -> AsyncIterator[Sides]:
+    """A is a TUN interface served by ``daemon`` (pyralog-wg or wireguard-go)."""
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("wg") is None:
         pytest.skip("the kernel side needs root, /dev/net/tun and wg (CI runs as root)")
+    if daemon == "wireguard-go" and shutil.which("wireguard-go") is None:
+        pytest.skip("wireguard-go is not installed (scripts/bootstrap.sh installs it)")
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     port_a, port_b = free_udp_port(), free_udp_port()
     ifname = unique("wgnet")[:15]
     proc = subprocess.Popen(
-        [str(console_script("pyralog-wg")), "-f", ifname],
+        [str(console_script(daemon)) if daemon == "pyralog-wg" else daemon, "-f", ifname],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL",)},
@@ -119,10 +122,20 @@ async def kernel_pair() -> AsyncIterator[Sides]:
         subprocess.run(["ip", "link", "del", ifname], capture_output=True)
 
 
-PAIRS = {"embedded": embedded_pair, "kernel": kernel_pair}
+PAIRS: dict[str, Callable[[], Any]] = {
+    "embedded": embedded_pair,
+    "kernel": kernel_pair,
+    "kernel-go": lambda: kernel_pair("wireguard-go"),
+}
 
 
-@pytest.fixture(params=["embedded", pytest.param("kernel", marks=pytest.mark.privileged)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("kernel", marks=pytest.mark.privileged),
+        pytest.param("kernel-go", marks=pytest.mark.privileged),
+    ]
+)
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -320,3 +333,44 @@ def test_port_forwarder_runs_over_either_network(kind: str) -> None:
         server.close()
 
     run(kind, main)
+
+
+@pytest.mark.privileged
+def test_kernel_listeners_hear_only_the_wireguard_interface() -> None:
+    """KernelNetwork.for_interface binds what listens to the device (SO_BINDTODEVICE), so
+    a packet for the mesh address arriving on another interface never reaches it."""
+
+    async def main(s: Sides) -> None:
+        assert isinstance(s.a, KernelNetwork) and s.a.interface is not None
+        server = await s.a.start_server(lambda r, w: None)
+        endpoint, _ = await s.a.create_datagram_endpoint(asyncio.DatagramProtocol)
+        try:
+            for sock in (server.sockets[0], endpoint.get_extra_info("socket")):
+                bound = sock.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
+                assert bound.rstrip(b"\0").decode() == s.a.interface
+            # Without a host, the server takes every mesh address: one wildcard socket on
+            # the device, and a datagram endpoint defaults to the mesh address.
+            assert server.sockets[0].getsockname()[0] in ("::", "0.0.0.0")
+            assert endpoint.get_extra_info("sockname")[0] == A_IP
+        finally:
+            server.close()
+            endpoint.close()
+
+    run("kernel", main)
+
+
+def test_uapi_peers_fail_closed_when_the_daemon_is_gone(tmp_path: Path) -> None:
+    """No answer from the UAPI socket is an error naming it, never 'no peer'."""
+    from pyralog.net import UapiPeers
+
+    peers = UapiPeers("wg-missing", uapi_dir=str(tmp_path))
+    with pytest.raises(OSError, match=r"wg-missing\.sock"):
+        peers.peer_of("10.9.0.1")
+    assert peers.peer_of("not an address") is None  # nothing to ask about
+
+
+def test_kernel_network_refuses_to_exist_without_addresses() -> None:
+    from pyralog.net import UapiPeers
+
+    with pytest.raises(ValueError, match="at least one mesh address"):
+        KernelNetwork([], UapiPeers("wg0"))

@@ -20,6 +20,7 @@ from pyralog.wireguard.allowedips import AllowedIPs
 from pyralog.wireguard.keys import PublicKey
 
 UAPI_DIR = "/var/run/wireguard"
+MISS_INTERVAL = 0.1  # seconds between re-reads prompted by unknown addresses
 
 
 class PeerDirectory(Protocol):
@@ -34,7 +35,11 @@ def _packed(address: str) -> bytes | None:
 
 
 class UapiPeers:
-    """Peers of a userspace WireGuard interface, from ``get=1`` on its UAPI socket."""
+    """Peers of a userspace WireGuard interface, from ``get=1`` on its UAPI socket.
+
+    ``peer_of`` fails closed: if the socket cannot be reached it raises OSError (naming
+    the socket) rather than answering "no peer". The read is a local socket round trip,
+    done in the caller's thread (a 2-second timeout bounds a daemon that hangs)."""
 
     def __init__(self, interface: str, *, uapi_dir: str = UAPI_DIR, ttl: float = 1.0) -> None:
         self.path = os.path.join(uapi_dir, f"{interface}.sock")
@@ -46,9 +51,12 @@ class UapiPeers:
         packed = _packed(address)
         if packed is None:
             return None
-        fresh = time.monotonic() - self._read_at < self.ttl
-        found = self._table.lookup(packed) if fresh else None
-        if found is None:
+        if time.monotonic() - self._read_at >= self.ttl:
+            self.refresh()
+        found = self._table.lookup(packed)
+        # A miss re-reads (a peer may just have been added), but not more often than
+        # MISS_INTERVAL: a stream of strangers must not turn into a stream of get=1.
+        if found is None and time.monotonic() - self._read_at >= MISS_INTERVAL:
             self.refresh()
             found = self._table.lookup(packed)
         return found
