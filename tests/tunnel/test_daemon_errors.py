@@ -48,3 +48,12 @@ def test_invalid_interface_names(name: str) -> None:
     assert result.returncode != 0
     assert "interface name" in result.stderr or "usage" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unknown_transform_is_refused_before_anything_is_created() -> None:
+    env = {**os.environ, "PYRALOG_TRANSFORMS": "identity,rot13"}
+    result = run([PYRALOG_WG, "-f", "wgbadxform0"], env=env)
+    assert result.returncode == 1
+    assert "PYRALOG_TRANSFORMS" in result.stderr and "'rot13'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists("/sys/class/net/wgbadxform0")

@@ -80,6 +80,11 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
+        # Test and benchmark knob: datagram transforms by name, nearest the Device first.
+        transforms = from_names(os.environ.get("PYRALOG_TRANSFORMS", ""))
+    except ValueError as e:
+        raise StartupError(f"PYRALOG_TRANSFORMS: {e}") from None
+    try:
         tun = TunInterface(name)
     except TunError as e:
         raise StartupError(e.strerror or str(e)) from None
@@ -101,11 +106,6 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         device = Device(clock_offset=time.time() - time.monotonic())
         # Test and operations knob: demand cookies from every initiator, as under load.
         device.force_under_load = os.environ.get("PYRALOG_FORCE_UNDER_LOAD") == "1"
-        try:
-            # Test and benchmark knob: datagram transforms by name, nearest the Device first.
-            transforms = from_names(os.environ.get("PYRALOG_TRANSFORMS", ""))
-        except ValueError as e:
-            raise StartupError(f"PYRALOG_TRANSFORMS: {e}") from None
         return Runtime(Link(device, udp, transforms), tun, uapi, links)
     except StartupError:
         for close in reversed(closers):
