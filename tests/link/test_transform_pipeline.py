@@ -98,3 +98,32 @@ def test_transforms_by_name() -> None:
     assert from_names("") == []
     with pytest.raises(ValueError, match=r"unknown datagram transform 'rot13'.*identity"):
         from_names("identity,rot13")
+
+
+class InboundOnly(Transform):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def inbound(self, data: bytes, endpoint: Endpoint, now: float) -> Datagram | None:
+        self.calls += 1
+        return data[1:], endpoint
+
+
+def test_each_direction_runs_only_the_transforms_that_rewrite_it() -> None:
+    """The identity costs nothing: a direction nobody overrides is skipped whole."""
+    assert not Pipeline([Transform(), Transform()]).rewrites_outbound
+    assert not Pipeline([Transform()]).rewrites_inbound
+    assert not Pipeline([Transform()]).has_timers
+    only_in = InboundOnly()
+    pipe = Pipeline([Transform(), only_in, Transform()])
+    assert pipe.rewrites_inbound and not pipe.rewrites_outbound and not pipe.has_timers
+    assert pipe.inbound(b"xdata", EP, 0.0) == (b"data", EP) and only_in.calls == 1
+    assert Pipeline([Tag(b"A")]).rewrites_outbound
+    assert Pipeline([Decoy(at=1.0)]).has_timers and Pipeline([Decoy(at=1.0)]).rewrites_outbound
+
+
+def test_decoys_leave_even_when_the_device_sent_nothing() -> None:
+    decoy = Decoy(at=1.0)
+    pipe = Pipeline([decoy, Tag(b"B")])
+    pipe.tick(1.0)
+    assert pipe.outbound([], 1.0) == [(b"decoyB", EP)]

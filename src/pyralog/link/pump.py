@@ -8,8 +8,9 @@ the listen port and fwmark, and the atomic control path (``apply``).
 
 A runtime attaches a ``SocketWatcher`` so the link can tell it which sockets to watch
 (again when a ``listen_port`` change rebinds), calls ``receive`` when one is readable,
-``flush`` after feeding the Device anything, and ``tick`` at ``next_deadline()``. With no
-transforms the per-datagram path is exactly the Device's: the pipeline is skipped.
+``flush`` after feeding the Device anything, and ``tick`` at ``next_deadline()``. Where no
+transform rewrites a direction (none at all, or only identities) the per-datagram path
+is exactly the Device's: the pipeline is skipped.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Link:
         Call ``flush`` afterwards (once per wake-up, after every readable socket)."""
         batch = self.udp.receive_many(sock, limit)
         receive = self.device.receive_datagram
-        if self.pipeline:
+        if self.pipeline.rewrites_inbound:
             inbound = self.pipeline.inbound
             for data, endpoint in batch:
                 result = inbound(data, endpoint, now)
@@ -78,15 +79,15 @@ class Link:
     def flush(self, now: float) -> None:
         """Send what the Device (and the transforms) have queued."""
         datagrams: list[Datagram] = self.device.datagrams_to_send()
-        if self.pipeline:
-            datagrams = self.pipeline.outbound(datagrams, now) if datagrams else []
-            datagrams += self.pipeline.originated(now)
+        if self.pipeline.rewrites_outbound:
+            # The batch may be empty: transforms' own datagrams (decoys...) still leave.
+            datagrams = self.pipeline.outbound(datagrams, now)
         if datagrams:
             self.udp.send_many(datagrams)
 
     def next_deadline(self) -> float | None:
         deadline = self.device.next_deadline()
-        if self.pipeline:
+        if self.pipeline.has_timers:
             own = self.pipeline.next_deadline()
             if own is not None and (deadline is None or own < deadline):
                 return own
@@ -95,7 +96,7 @@ class Link:
     def tick(self, now: float) -> None:
         """Run the Device's and the transforms' timers due at ``now``, then flush."""
         self.device.tick(now)
-        if self.pipeline:
+        if self.pipeline.has_timers:
             self.pipeline.tick(now)
         self.flush(now)
 

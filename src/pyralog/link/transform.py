@@ -54,11 +54,34 @@ class Transform:
         """Time passed; called at ``next_deadline()`` or later."""
 
 
+def _overrides(transform: Transform, method: str) -> bool:
+    return getattr(type(transform), method) is not getattr(Transform, method)
+
+
 class Pipeline:
-    """An ordered stack of transforms, applied as one."""
+    """An ordered stack of transforms, applied as one; fixed once made.
+
+    Each direction only runs the transforms that override its method: a transform that
+    leaves ``inbound`` as the identity costs nothing on the inbound path (and the link
+    skips a direction no transform touches), so the seam itself is free."""
 
     def __init__(self, transforms: Iterable[Transform] = ()) -> None:
-        self.transforms: list[Transform] = list(transforms)
+        self.transforms: tuple[Transform, ...] = tuple(transforms)
+        ts = self.transforms
+        self._outbound = tuple(t for t in ts if _overrides(t, "outbound"))
+        self._inbound = tuple(t for t in reversed(ts) if _overrides(t, "inbound"))
+        # (transform, the outbound stages after it) for those that originate datagrams
+        self._origins = tuple(
+            (t, tuple(u for u in ts[i + 1 :] if _overrides(u, "outbound")))
+            for i, t in enumerate(ts)
+            if _overrides(t, "take_output")
+        )
+        self._timed = tuple(
+            t for t in ts if _overrides(t, "next_deadline") or _overrides(t, "tick")
+        )
+        self.rewrites_outbound = bool(self._outbound or self._origins)
+        self.rewrites_inbound = bool(self._inbound)
+        self.has_timers = bool(self._timed)
 
     def __bool__(self) -> bool:
         return bool(self.transforms)
@@ -67,13 +90,15 @@ class Pipeline:
         return len(self.transforms)
 
     def outbound(self, datagrams: list[Datagram], now: float) -> list[Datagram]:
-        for transform in self.transforms:
+        for transform in self._outbound:
             datagrams = transform.outbound(datagrams, now)
-        return datagrams + self.originated(now)
+        if self._origins:
+            datagrams = datagrams + self.originated(now)
+        return datagrams
 
     def inbound(self, data: bytes, endpoint: Endpoint, now: float) -> Datagram | None:
         result: Datagram | None = (data, endpoint)
-        for transform in reversed(self.transforms):
+        for transform in self._inbound:
             result = transform.inbound(result[0], result[1], now)
             if result is None:
                 return None
@@ -82,22 +107,21 @@ class Pipeline:
     def originated(self, now: float) -> list[Datagram]:
         """Every transform's own datagrams, each passed through the transforms after it."""
         out: list[Datagram] = []
-        transforms = self.transforms
-        for i, transform in enumerate(transforms):
+        for transform, later in self._origins:
             own = transform.take_output()
-            for later in transforms[i + 1 :]:
+            for stage in later:
                 if not own:
                     break
-                own = later.outbound(own, now)
+                own = stage.outbound(own, now)
             out.extend(own)
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for d in (t.next_deadline() for t in self.transforms) if d is not None]
+        deadlines = [d for d in (t.next_deadline() for t in self._timed) if d is not None]
         return min(deadlines) if deadlines else None
 
     def tick(self, now: float) -> None:
-        for transform in self.transforms:
+        for transform in self._timed:
             deadline = transform.next_deadline()
             if deadline is not None and deadline <= now:
                 transform.tick(now)
