@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from pyralog.net.api import STREAM_LIMIT, Address, ClientCallback
-from pyralog.net.peers import PeerDirectory, UapiPeers
+from pyralog.net.peers import UAPI_DIR, PeerDirectory, UapiPeers
 from pyralog.wireguard.keys import PublicKey
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,8 +50,7 @@ class KernelNetwork:
             found = pool.submit(_interface_addresses, name).result()
         if not found:
             raise OSError(f"interface {name!r} has no address")
-        peers = UapiPeers(name) if uapi_dir is None else UapiPeers(name, uapi_dir=uapi_dir)
-        return cls(found, peers, interface=name)
+        return cls(found, UapiPeers(name, uapi_dir=uapi_dir or UAPI_DIR), interface=name)
 
     @property
     def addresses(self) -> list[IPAddress]:
