@@ -220,6 +220,25 @@ def test_preshared_key_on_both_sides(lab: Lab) -> None:
     assert p.b.handshake_with(p.a) > 0
 
 
+@pytest.mark.parametrize("initiator", ["wireguard-go", "pyralog-wg"])
+def test_preshared_key_rolled_over_on_one_side_first(lab: Lab, initiator: str) -> None:
+    """pyralog-wg switches to a new PSK while wireguard-go (which knows nothing of
+    roll-overs) still has the old one: a session still forms, whoever initiates (at most
+    one REKEY_TIMEOUT retry), because the replaced key counts for the grace period."""
+    old, new = genpsk(), genpsk()
+    p = make_pair(lab, psk_a=old, psk_b=old)
+    p.b.set("peer", p.a.public_key, "preshared-key", str(lab.write_secret(new)))
+    assert p.b.peer(p.a.public_key).preshared_key == new
+    if initiator == "wireguard-go":
+        assert p.ns_a.ping(p.b.ip4, count=1, deadline=15)
+    else:
+        assert p.ns_b.ping(p.a.ip4, count=1, deadline=15)
+    assert p.a.handshake_with(p.b) > 0 and p.b.handshake_with(p.a) > 0
+    # Once wireguard-go has the new key too, handshakes use it.
+    p.a.set("peer", p.b.public_key, "preshared-key", str(lab.write_secret(new)))
+    assert p.ns_a.ping(p.b.ip4, count=2)
+
+
 @needs_tcpdump
 @pytest.mark.parametrize("initiator", ["wireguard-go", "pyralog-wg"])
 def test_wrong_preshared_key_never_carries_data(lab: Lab, initiator: str) -> None:
