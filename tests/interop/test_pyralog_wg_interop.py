@@ -220,14 +220,24 @@ def test_preshared_key_on_both_sides(lab: Lab) -> None:
     assert p.b.handshake_with(p.a) > 0
 
 
+@pytest.mark.parametrize("command", ["set", "syncconf"])
 @pytest.mark.parametrize("initiator", ["wireguard-go", "pyralog-wg"])
-def test_preshared_key_rolled_over_on_one_side_first(lab: Lab, initiator: str) -> None:
-    """pyralog-wg switches to a new PSK while wireguard-go (which knows nothing of
-    roll-overs) still has the old one: a session still forms, whoever initiates (at most
-    one REKEY_TIMEOUT retry), because the replaced key counts for the grace period."""
+def test_preshared_key_rolled_over_on_one_side_first(
+    lab: Lab, initiator: str, command: str
+) -> None:
+    """pyralog-wg switches to a new PSK (``wg set`` or ``wg syncconf``) while wireguard-go
+    (which knows nothing of roll-overs) still has the old one: a session still forms,
+    whoever initiates (at most one REKEY_TIMEOUT retry), because the replaced key counts
+    for the grace period."""
     old, new = genpsk(), genpsk()
     p = make_pair(lab, psk_a=old, psk_b=old)
-    p.b.set("peer", p.a.public_key, "preshared-key", str(lab.write_secret(new)))
+    if command == "set":
+        p.b.set("peer", p.a.public_key, "preshared-key", str(lab.write_secret(new)))
+    else:
+        conf = p.b.wg("showconf", p.b.ifname).replace(old, new)
+        path = lab.tmp / f"{p.b.ifname}-new.conf"
+        path.write_text(conf)
+        p.b.wg("syncconf", p.b.ifname, str(path))
     assert p.b.peer(p.a.public_key).preshared_key == new
     if initiator == "wireguard-go":
         assert p.ns_a.ping(p.b.ip4, count=1, deadline=15)
