@@ -52,3 +52,21 @@ def pubkey(inp: TextIO, out: TextIO, err: TextIO) -> int:
         return 1
     out.write(key.public_key.to_base64() + "\n")
     return 0
+
+
+def keygen(output: str, node_id: str | None, force: bool, out: TextIO, err: TextIO) -> int:
+    """``pyralog keygen --output FILE``: a node's key file, as the product document shows."""
+    from pathlib import Path
+
+    from pyralog.mesh.keyfile import KeyFileError, write_private_key
+
+    key = PrivateKey.generate()
+    try:
+        write_private_key(Path(output), key, force=force)
+    except KeyFileError as e:
+        err.write(f"pyralog keygen: {e}\n")
+        return 1
+    who = f" for {node_id}" if node_id else ""
+    out.write(f"Private key{who} written to {output}\n")
+    out.write(f"Public key: {key.public_key.to_base64()}\n")
+    return 0

@@ -21,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "pubkey", help="read a private key on stdin, print its public key, like `wg pubkey`"
     )
+    keygen = sub.add_parser(
+        "keygen", help="write a node's private key file (mode 0600) and print its public key"
+    )
+    keygen.add_argument("--output", "-o", required=True, help="the key file to create")
+    keygen.add_argument("--node-id", help="the node the key is for (shown in the output)")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
     forward.add_parser(sub)
     return parser
 
@@ -35,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys.genpsk(sys.stdout)
         if args.command == "pubkey":
             return keys.pubkey(sys.stdin, sys.stdout, sys.stderr)
+        if args.command == "keygen":
+            return keys.keygen(args.output, args.node_id, args.force, sys.stdout, sys.stderr)
         if args.command == "forward":
             return forward.run(args)
     except KeyboardInterrupt:

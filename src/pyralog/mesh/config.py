@@ -1,0 +1,329 @@
+"""``wireguard.toml``: a node's mesh configuration, read with ``tomllib``.
+
+The sections and keys are the product document's (``[wireguard]``, ``[interface]``,
+``[bootstrap]``, ``[[peer]]``), checked strictly: an unknown section or key is an error,
+and every error names the file, the section and the key, e.g.
+``wireguard.toml: [interface] listen_port: expected 1-65535, got "abc"``. Sections of
+features still to come (``[dpi_evasion]``, ``[quantum_resistance]``, ``[rosenpass]``,
+``[encryption]``, and the document's ``[boringtun]``) are accepted and reported in
+``notices`` as not supported yet, so a file written for the whole document loads.
+
+Environment overrides, as in the document's Docker Compose example, win over the file:
+``PYRALOG_NODE_ID``, ``PYRALOG_WIREGUARD_PORT``, ``PYRALOG_CLUSTER_BOOTSTRAP`` (one or
+more ``host:port``, comma-separated), each also spelled ``DLOG_*``.
+
+``parse`` takes the text and the environment and does no IO; ``load`` reads the file.
+Paths in the file (``private_key_file``, ``token_file``) are relative to its directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyralog.wireguard.constants import DEFAULT_MTU
+from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
+from pyralog.wireguard.keys import InvalidKeyError, PublicKey
+
+BACKENDS = ("auto", "kernel", "userspace", "embedded")
+DEFAULT_PORT = 51820
+DEFAULT_INTERFACE = "pyralog0"
+RESERVED = {
+    "dpi_evasion": "DPI resistance",
+    "quantum_resistance": "post-quantum preshared keys",
+    "rosenpass": "Rosenpass key exchange",
+    "encryption": "encryption at rest",
+    "boringtun": "BoringTun tuning (Pyralog's userspace backend has no such settings)",
+}
+ENVIRONMENT = {  # variable -> what it overrides; the DLOG_ spelling is an alias
+    "PYRALOG_NODE_ID": "node id",
+    "PYRALOG_WIREGUARD_PORT": "[interface] listen_port",
+    "PYRALOG_CLUSTER_BOOTSTRAP": "[bootstrap] coordinator_endpoint",
+}
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MeshConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class StaticPeer:
+    public_key: PublicKey
+    endpoint: tuple[str, int] | None  # the host may be a name; resolve before use
+    allowed_ips: tuple[Network, ...]
+    persistent_keepalive: int = 0
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    coordinator_endpoints: tuple[tuple[str, int], ...]
+    cluster_id: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    path: str
+    backend: str
+    interface_name: str
+    private_key_file: Path
+    address: IPInterface | None
+    listen_port: int
+    mtu: int
+    node_id: str | None
+    bootstrap: Bootstrap | None
+    peers: tuple[StaticPeer, ...]
+    notices: tuple[str, ...] = field(default=())
+
+
+class _Section:
+    """One table of the file: typed getters that name the key in every error, and a
+    check that nothing unknown was left."""
+
+    def __init__(self, path: str, label: str, table: Mapping[str, Any]) -> None:
+        self.path, self.label, self.table = path, label, dict(table)
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> MeshConfigError:
+        return MeshConfigError(f"{self.path}: {self.label} {key}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python, never what an integer key means
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            expected = " or ".join(_TOML_TYPES[k] for k in kinds)
+            raise self.error(key, f"expected {expected}, got {_show(value)}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: int) -> int:
+        value = self.get(key, int, default)
+        if not low <= value <= high:
+            raise self.error(key, f"expected {low}-{high}, got {value}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+_TOML_TYPES = {str: "a string", int: "an integer", list: "an array"}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _port_text(where: str, text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise MeshConfigError(f'{where}: expected 1-65535, got "{text}"')
+    return int(text)
+
+
+def _endpoints(where: str, values: list[str]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(parse_endpoint(value.strip(), allow_names=True))
+        except EndpointError as e:
+            raise MeshConfigError(f"{where}: {e}") from None
+    return tuple(out)
+
+
+def _environment(env: Mapping[str, str], notices: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in ENVIRONMENT:
+        alias = "DLOG_" + name.removeprefix("PYRALOG_")
+        value, alias_value = env.get(name), env.get(alias)
+        if value is None and alias_value is not None:
+            value, name_used = alias_value, alias
+        else:
+            name_used = name
+            if value is not None and alias_value is not None and alias_value != value:
+                notices.append(f"{alias} is ignored: {name} is set too and wins")
+        if value is not None:
+            found[name] = value
+            found[name + ":name"] = name_used
+    return found
+
+
+def parse(
+    text: str, path: str = "wireguard.toml", env: Mapping[str, str] | None = None
+) -> MeshConfig:
+    """Check a whole ``wireguard.toml``; the environment (default: none) overrides it."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MeshConfigError(f"{path}: not valid TOML: {e}") from None
+    notices: list[str] = []
+    overrides = _environment(env or {}, notices)
+    base = Path(path).parent
+
+    known = {"wireguard", "interface", "bootstrap", "peer", *RESERVED}
+    for name, value in doc.items():
+        if name not in known:
+            raise MeshConfigError(f"{path}: [{name}]: unknown section")
+        if name == "peer":
+            if not isinstance(value, list):
+                raise MeshConfigError(f"{path}: [peer]: peers are [[peer]] tables")
+        elif not isinstance(value, dict):
+            raise MeshConfigError(f"{path}: {name}: expected a [{name}] table")
+    for name, feature in RESERVED.items():
+        if name in doc:
+            notices.append(f"{path}: [{name}] ({feature}) is not supported yet; ignored")
+
+    wg = _Section(path, "[wireguard]", doc.get("wireguard", {}))
+    backend = wg.get("backend", str, "auto")
+    if backend == "boringtun":
+        notices.append(f'{path}: [wireguard] backend "boringtun" means "userspace" here')
+        backend = "userspace"
+    if backend not in BACKENDS:
+        choices = ", ".join(f'"{b}"' for b in BACKENDS)
+        raise wg.error("backend", f"expected one of {choices}, got {_show(backend)}")
+    interface_name = wg.get("interface_name", str, DEFAULT_INTERFACE)
+    _check_interface_name(wg, interface_name)
+    wg.finish()
+
+    if "interface" not in doc:
+        raise MeshConfigError(f"{path}: [interface]: missing (it holds private_key_file)")
+    iface = _Section(path, "[interface]", doc["interface"])
+    key_file = iface.get("private_key_file", str)
+    if not key_file:
+        raise iface.error("private_key_file", "missing")
+    address_text = iface.get("address", str)
+    address = None
+    if address_text is not None:
+        try:
+            address = ipaddress.ip_interface(address_text)
+        except ValueError:
+            message = f"expected ADDRESS/PREFIX, got {_show(address_text)}"
+            raise iface.error("address", message) from None
+    listen_port = iface.integer("listen_port", 1, 65535, DEFAULT_PORT)
+    mtu = iface.integer("mtu", 1280, 65535, DEFAULT_MTU)
+    iface.finish()
+    if "PYRALOG_WIREGUARD_PORT" in overrides:
+        where = f"environment {overrides['PYRALOG_WIREGUARD_PORT:name']}"
+        listen_port = _port_text(where, overrides["PYRALOG_WIREGUARD_PORT"])
+
+    node_id = overrides.get("PYRALOG_NODE_ID")
+    bootstrap = None
+    if "bootstrap" in doc:
+        boot = _Section(path, "[bootstrap]", doc["bootstrap"])
+        raw = boot.get("coordinator_endpoint", (str, list))
+        values = [raw] if isinstance(raw, str) else list(raw or [])
+        if not all(isinstance(v, str) for v in values):
+            raise boot.error("coordinator_endpoint", "expected a string or an array of strings")
+        endpoints = _endpoints(f"{path}: [bootstrap] coordinator_endpoint", values)
+        cluster_id = boot.get("cluster_id", str)
+        token = boot.get("token", str)
+        token_file = boot.get("token_file", str)
+        if token is not None and token_file is not None:
+            raise boot.error("token_file", "give token or token_file, not both")
+        file_node_id = boot.get("node_id", str)
+        boot.finish()
+        node_id = node_id or file_node_id
+        bootstrap = Bootstrap(
+            endpoints, cluster_id, token, base / token_file if token_file else None
+        )
+    if "PYRALOG_CLUSTER_BOOTSTRAP" in overrides:
+        where = f"environment {overrides['PYRALOG_CLUSTER_BOOTSTRAP:name']}"
+        values = [v for v in overrides["PYRALOG_CLUSTER_BOOTSTRAP"].split(",") if v.strip()]
+        if not values:
+            raise MeshConfigError(f"{where}: expected HOST:PORT[,HOST:PORT...], got nothing")
+        endpoints = _endpoints(where, values)
+        bootstrap = Bootstrap(
+            endpoints,
+            bootstrap.cluster_id if bootstrap else None,
+            bootstrap.token if bootstrap else None,
+            bootstrap.token_file if bootstrap else None,
+        )
+    if bootstrap is not None and not bootstrap.coordinator_endpoints:
+        raise MeshConfigError(f"{path}: [bootstrap] coordinator_endpoint: missing")
+    if node_id is not None and not node_id.strip():
+        raise MeshConfigError(f"{path}: node id is empty")
+
+    peers = tuple(_peer(path, i, table, notices) for i, table in enumerate(doc.get("peer", [])))
+    return MeshConfig(
+        path=path,
+        backend=backend,
+        interface_name=interface_name,
+        private_key_file=base / key_file,
+        address=address,
+        listen_port=listen_port,
+        mtu=mtu,
+        node_id=node_id,
+        bootstrap=bootstrap,
+        peers=peers,
+        notices=tuple(notices),
+    )
+
+
+def _check_interface_name(section: _Section, name: str) -> None:
+    from pyralog.tunnel.tun import validate_interface_name
+
+    try:
+        validate_interface_name(name)
+    except ValueError as e:
+        raise section.error("interface_name", str(e)) from None
+
+
+def _peer(path: str, index: int, table: Any, notices: list[str]) -> StaticPeer:
+    if not isinstance(table, dict):
+        raise MeshConfigError(f"{path}: [[peer]] #{index + 1}: expected a table")
+    peer = _Section(path, f"[[peer]] #{index + 1}", table)
+    key_text = peer.get("public_key", str)
+    alias = peer.get("wireguard_public_key", str)  # the document's post-quantum example
+    if key_text is not None and alias is not None:
+        raise peer.error("wireguard_public_key", "give public_key or this, not both")
+    key_text = key_text or alias
+    if key_text is None:
+        raise peer.error("public_key", "missing")
+    try:
+        key = PublicKey.from_base64(key_text)
+    except InvalidKeyError as e:
+        raise peer.error("public_key", str(e)) from None
+    if peer.get("rosenpass_public_key", str) is not None:
+        notices.append(f"{path}: [[peer]] #{index + 1} rosenpass_public_key: not supported yet")
+    endpoint = None
+    endpoint_text = peer.get("endpoint", str)
+    if endpoint_text is not None:
+        endpoint = _endpoints(f"{path}: [[peer]] #{index + 1} endpoint", [endpoint_text])[0]
+    allowed = peer.get("allowed_ips", list, [])
+    networks = []
+    for item in allowed:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            raise peer.error("allowed_ips", f"expected ADDRESS/PREFIX, got {_show(item)}") from None
+    keepalive = peer.integer("persistent_keepalive", 0, 65535, 0)
+    peer.finish()
+    return StaticPeer(key, endpoint, tuple(networks), keepalive)
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> MeshConfig:
+    """Read and check ``path``; ``env`` defaults to the process environment."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise MeshConfigError(f"{name}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise MeshConfigError(f"{name}: not a UTF-8 text file") from None
+    return parse(text, name, os.environ if env is None else env)
