@@ -12,6 +12,7 @@ Read top-down, the packages are its layers (arrows point down only):
 - ``netstack``: the userspace TCP/IP stack and the embedded tunnel;
 - ``net``: the network API everything above uses, over either tunnel (``peer_of`` maps
   an address to its WireGuard identity);
+- ``mesh``: the control plane: ``wireguard.toml`` and the node's key so far;
 - ``cli``: the command-line front ends.
 """
 
