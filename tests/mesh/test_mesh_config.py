@@ -37,7 +37,7 @@ def test_the_documents_example_loads() -> None:
     c = parse(DOCUMENT_EXAMPLE, "wireguard.toml")
     assert c.backend == "auto" and c.interface_name == "pyralog0"
     assert c.private_key_file == Path("/etc/dlog/wireguard-private.key")
-    assert c.address == ipaddress.ip_interface("10.0.0.1/24")
+    assert c.addresses == (ipaddress.ip_interface("10.0.0.1/24"),)
     assert (c.listen_port, c.mtu) == (51820, 1420)
     assert c.bootstrap is not None
     assert c.bootstrap.coordinator_endpoints == (("bootstrap.dlog.example.com", 9092),)
@@ -53,7 +53,7 @@ def test_minimal_file_gets_defaults() -> None:
     c = parse('[interface]\nprivate_key_file = "node.key"\n', "/etc/pyralog/wireguard.toml")
     assert c.private_key_file == Path("/etc/pyralog/node.key")  # relative to the file
     assert c.listen_port == DEFAULT_PORT and c.mtu == 1420
-    assert c.address is None and c.bootstrap is None and c.peers == () and c.node_id is None
+    assert c.addresses == () and c.bootstrap is None and c.peers == () and c.node_id is None
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import forward, keys
+from pyralog.cli import forward, keys, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--output", "-o", required=True, help="the key file to create")
     keygen.add_argument("--node-id", help="the node the key is for (shown in the output)")
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    wgconvert.add_parsers(sub)
     forward.add_parser(sub)
     return parser
 
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             return keys.pubkey(sys.stdin, sys.stdout, sys.stderr)
         if args.command == "keygen":
             return keys.keygen(args.output, args.node_id, args.force, sys.stdout, sys.stderr)
+        if args.command == "wg-import":
+            return wgconvert.run_import(args)
+        if args.command == "wg-export":
+            return wgconvert.run_export(args)
         if args.command == "forward":
             return forward.run(args)
     except KeyboardInterrupt:

@@ -1,2 +1,3 @@
-"""The mesh control plane: a node's ``wireguard.toml`` (``config``) and its key file
-(``keyfile``); the coordinator, enrollment and the node agent come next."""
+"""The mesh control plane. So far: a node's ``wireguard.toml`` (``config``), its key file
+(``keyfile``) and conversion to and from wg-quick files (``wgquick``); the coordinator,
+enrollment and the node agent come next."""

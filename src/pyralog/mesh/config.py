@@ -13,7 +13,8 @@ Environment overrides, as in the document's Docker Compose example, win over the
 more ``host:port``, comma-separated), each also spelled ``DLOG_*``.
 
 ``parse`` takes the text and the environment and does no IO; ``load`` reads the file.
-Paths in the file (``private_key_file``, ``token_file``) are relative to its directory.
+Paths in the file (``private_key_file``, ``token_file``, a peer's ``preshared_key_file``)
+are relative to its directory. ``address`` is one ``ADDRESS/PREFIX`` or an array of them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class StaticPeer:
     endpoint: tuple[str, int] | None  # the host may be a name; resolve before use
     allowed_ips: tuple[Network, ...]
     persistent_keepalive: int = 0
+    preshared_key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class MeshConfig:
     backend: str
     interface_name: str
     private_key_file: Path
-    address: IPInterface | None
+    addresses: tuple[IPInterface, ...]
     listen_port: int
     mtu: int
     node_id: str | None
@@ -207,13 +209,13 @@ def parse(
     key_file = iface.get("private_key_file", str)
     if not key_file:
         raise iface.error("private_key_file", "missing")
-    address_text = iface.get("address", str)
-    address = None
-    if address_text is not None:
+    raw_address = iface.get("address", (str, list), [])
+    addresses = []
+    for item in [raw_address] if isinstance(raw_address, str) else raw_address:
         try:
-            address = ipaddress.ip_interface(address_text)
-        except ValueError:
-            message = f"expected ADDRESS/PREFIX, got {_show(address_text)}"
+            addresses.append(ipaddress.ip_interface(item))
+        except (TypeError, ValueError):
+            message = f"expected ADDRESS/PREFIX, got {_show(item)}"
             raise iface.error("address", message) from None
     listen_port = iface.integer("listen_port", 1, 65535, DEFAULT_PORT)
     mtu = iface.integer("mtu", 1280, 65535, DEFAULT_MTU)
@@ -259,13 +261,15 @@ def parse(
     if node_id is not None and not node_id.strip():
         raise MeshConfigError(f"{path}: node id is empty")
 
-    peers = tuple(_peer(path, i, table, notices) for i, table in enumerate(doc.get("peer", [])))
+    peers = tuple(
+        _peer(path, base, i, table, notices) for i, table in enumerate(doc.get("peer", []))
+    )
     return MeshConfig(
         path=path,
         backend=backend,
         interface_name=interface_name,
         private_key_file=base / key_file,
-        address=address,
+        addresses=tuple(addresses),
         listen_port=listen_port,
         mtu=mtu,
         node_id=node_id,
@@ -284,7 +288,7 @@ def _check_interface_name(section: _Section, name: str) -> None:
         raise section.error("interface_name", str(e)) from None
 
 
-def _peer(path: str, index: int, table: Any, notices: list[str]) -> StaticPeer:
+def _peer(path: str, base: Path, index: int, table: Any, notices: list[str]) -> StaticPeer:
     if not isinstance(table, dict):
         raise MeshConfigError(f"{path}: [[peer]] #{index + 1}: expected a table")
     peer = _Section(path, f"[[peer]] #{index + 1}", table)
@@ -313,8 +317,11 @@ def _peer(path: str, index: int, table: Any, notices: list[str]) -> StaticPeer:
         except (TypeError, ValueError):
             raise peer.error("allowed_ips", f"expected ADDRESS/PREFIX, got {_show(item)}") from None
     keepalive = peer.integer("persistent_keepalive", 0, 65535, 0)
+    psk_file = peer.get("preshared_key_file", str)
     peer.finish()
-    return StaticPeer(key, endpoint, tuple(networks), keepalive)
+    return StaticPeer(
+        key, endpoint, tuple(networks), keepalive, base / psk_file if psk_file else None
+    )
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> MeshConfig:

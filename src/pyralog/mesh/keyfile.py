@@ -20,13 +20,18 @@ class KeyFileError(ValueError):
 
 def write_private_key(path: Path, key: PrivateKey, *, force: bool = False) -> None:
     """Write ``key`` to a new file (mode 0600); an existing file only with ``force``."""
+    write_secret(path, key.to_base64(), force=force)
+
+
+def write_secret(path: Path, text: str, *, force: bool = False) -> None:
+    """One line of secret text (a key) to ``path``, mode 0600, atomically."""
     if path.exists() and not force:
         raise KeyFileError(f"{path}: exists; refusing to overwrite a key (use --force)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(key.to_base64() + "\n")
+            f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
         # Whole or not at all, even on a crash mid-write; without force, link() also
