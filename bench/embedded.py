@@ -20,7 +20,6 @@ this module builds the set-up, runs one iperf3 measurement and summarizes the ru
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import Settings, attempt, fmt, log
-from lab import CommandError, Daemon, Lab, cpu_seconds, daemon_env, rss_bytes, run
+from lab import CommandError, Daemon, Lab, cpu_seconds, daemon_env, iperf_json, rss_bytes, run
 from stats import present, ratio, spread
 
 PYRALOG = str(Path(sys.executable).with_name("pyralog"))
@@ -191,11 +190,7 @@ def tcp_run(setup: Setup, path: str, direction: str, seconds: int) -> dict:
         setup.check_alive()
         pids = setup.pids()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        try:
-            out = run(argv, check=False, timeout=seconds + 30)
-            data = json.loads(out) if out.strip() else {"error": "no output"}
-        except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-            data = {"error": f"{type(e).__name__}: {e}"}
+        data = iperf_json(argv, seconds)
         if "error" not in data:
             setup.check_alive()
             cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}

@@ -15,6 +15,7 @@ harness run left behind when it was killed too hard to clean up (its pid is gone
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,16 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 30, **kw) -> st
             f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
         )
     return done.stdout
+
+
+def iperf_json(argv: list[str], seconds: float) -> dict:
+    """Run an iperf3 client with -J; its parsed report, or {"error": why} (iperf3's own
+    error, no output, a timeout or unparsable JSON)."""
+    try:
+        out = run(argv, check=False, timeout=seconds + 30)
+        return json.loads(out) if out.strip() else {"error": "no output"}
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def base36(n: int) -> str:

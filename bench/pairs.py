@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness import PORT, Settings, Skip, attempt, log
-from lab import LONG_NAMES, CommandError, Daemon, Lab, run
+from lab import LONG_NAMES, CommandError, Daemon, Lab, iperf_json, run
 
 PAIRS = (("go-go", "go", "go"), ("py-py", "py", "py"), ("py-go", "py", "go"))
 IPERF_PORT = 5201
@@ -161,11 +161,7 @@ def iperf(lab: Lab, pair: Pair, side: str, seconds: float, extra: list[str]) -> 
     last = ""
     for tried in range(2):
         pair.check_alive()
-        try:
-            out = run(argv, check=False, timeout=seconds + 30)
-            data = json.loads(out) if out.strip() else {"error": "no output"}
-        except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-            data = {"error": f"{type(e).__name__}: {e}"}
+        data = iperf_json(argv, seconds)
         if "error" not in data:
             return data
         last = data["error"]
