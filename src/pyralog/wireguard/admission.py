@@ -34,6 +34,9 @@ class UnknownInitiator:
     endpoint: Endpoint
     message: bytes  # the initiation datagram as received, macs included
     now: float
+    # Under load, the cookie the sender proved it holds (mac2 then mixes it into any
+    # handshake proof, see ``pyralog.wireguard.proof``); None otherwise.
+    cookie: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from pyralog.wireguard.constants import (
 )
 from pyralog.wireguard.crypto import AuthenticationError, hash_, mac, xaead_decrypt, xaead_encrypt
 from pyralog.wireguard.messages import COOKIE_REPLY, MESSAGE_COOKIE_REPLY
+from pyralog.wireguard.proof import proof_mac2
 
 _MAC2_END = -MAC_SIZE
 _MAC1_END = -2 * MAC_SIZE
@@ -45,11 +46,18 @@ class CookieChecker:
 
     def check_mac2(self, message: bytes, source: bytes, now: float) -> bool:
         """True when mac2 was made with the cookie we would give ``source`` right now."""
-        if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
+        cookie = self.cookie_for(source, now)
+        if cookie is None:
             return False
-        cookie = mac(self._secret, source)
         expected = mac(cookie, message[:_MAC2_END])
         return hmac.compare_digest(expected, message[_MAC2_END:])
+
+    def cookie_for(self, source: bytes, now: float) -> bytes | None:
+        """The cookie ``source`` holds if it answered our last cookie reply; None when no
+        current secret exists (then nobody holds a valid cookie)."""
+        if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
+            return None
+        return mac(self._secret, source)
 
     def create_reply(self, message: bytes, receiver: int, source: bytes, now: float) -> bytes:
         """A cookie reply to ``message`` (a handshake message from ``source``)."""
@@ -66,7 +74,14 @@ class CookieChecker:
 class CookieGenerator:
     """Adds macs to the handshake messages we send to one peer; stores its cookies."""
 
-    __slots__ = ("_cookie", "_cookie_born", "_cookie_key", "_last_mac1", "_mac1_key")
+    __slots__ = (
+        "_cookie",
+        "_cookie_born",
+        "_cookie_key",
+        "_last_mac1",
+        "_mac1_key",
+        "proof_key",
+    )
 
     def __init__(self, peer_public_key: bytes) -> None:
         self._mac1_key = hash_(LABEL_MAC1, peer_public_key)
@@ -74,6 +89,8 @@ class CookieGenerator:
         self._cookie: bytes | None = None
         self._cookie_born = 0.0
         self._last_mac1: bytes | None = None
+        # A handshake proof key (``pyralog.wireguard.proof``): mac2 carries it, always.
+        self.proof_key: bytes | None = None
 
     @property
     def has_cookie(self) -> bool:
@@ -84,8 +101,13 @@ class CookieGenerator:
         body = message[:_MAC1_END]
         mac1 = mac(self._mac1_key, body)
         self._last_mac1 = mac1
-        if self._cookie is not None and now - self._cookie_born < COOKIE_VALIDITY:
-            mac2 = mac(self._cookie, body + mac1)
+        cookie = self._cookie
+        if cookie is not None and now - self._cookie_born >= COOKIE_VALIDITY:
+            cookie = None
+        if self.proof_key is not None:
+            mac2 = proof_mac2(self.proof_key, body + mac1, cookie)
+        elif cookie is not None:
+            mac2 = mac(cookie, body + mac1)
         else:
             mac2 = bytes(MAC_SIZE)
         return body + mac1 + mac2

@@ -35,7 +35,7 @@ import itertools
 import math
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -201,6 +201,10 @@ class Device:
         self._lost_since = 0.0
         self.psk_grace = PSK_GRACE
         self.unknown_initiator_policy: UnknownInitiatorPolicy | None = None
+        # Under load, a mac2 that is not the sender's cookie MAC may still pass if this
+        # says so, given the message and the sender's cookie: a handshake proof (see
+        # ``proof``) that the policy will check again. Pre-DH, so it must be cheap.
+        self.mac2_proof_check: Callable[[bytes, bytes | None], bool] | None = None
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         # A test and operations knob: demand cookies regardless of the measured load.
         self.force_under_load = False
@@ -709,7 +713,9 @@ class Device:
             return False
         if self._under_load(now):
             ip, source = _endpoint_source(endpoint)
-            if not checker.check_mac2(data, source, now):
+            if not checker.check_mac2(data, source, now) and not self._proof_passes(
+                data, checker.cookie_for(source, now)
+            ):
                 reply = checker.create_reply(data, receiver, source, now)
                 self._out_datagrams.append((reply, endpoint))
                 self.drops["cookie_sent"] += 1
@@ -718,6 +724,31 @@ class Device:
                 self.drops["rate_limited"] += 1
                 return False
         return True
+
+    def _proof_passes(self, data: bytes, cookie: bytes | None) -> bool:
+        check = self.mac2_proof_check
+        if check is None or cookie is None:
+            return False  # no cookie given yet: the sender must fetch one first
+        try:
+            return bool(check(data, cookie))
+        except Exception:
+            self.drops["internal_error"] += 1
+            return False
+
+    def under_load(self, now: float) -> bool:
+        """Whether handshakes must carry a cookie right now (without counting one)."""
+        return self.force_under_load or now < self._under_load_until
+
+    def cookie_for(self, endpoint: Endpoint, now: float) -> bytes | None:
+        """The cookie a sender at ``endpoint`` holds if it took our latest cookie reply."""
+        if self._cookie_checker is None:
+            return None
+        return self._cookie_checker.cookie_for(_endpoint_source(endpoint)[1], now)
+
+    def set_handshake_proof(self, public_key: PublicKey, proof_key: bytes | None) -> None:
+        """Our initiations to this peer carry a handshake proof keyed by ``proof_key`` in
+        mac2 (``pyralog.wireguard.proof``); None returns to plain cookies."""
+        self._require(public_key).cookies.proof_key = proof_key
 
     def _under_load(self, now: float) -> bool:
         if now - self._load_window_start >= 1.0:
@@ -885,7 +916,8 @@ class Device:
             self._unknown_peer(remote_static, endpoint, now)
             return None
         key = PublicKey(remote_static)
-        decision = policy(UnknownInitiator(key, endpoint, bytes(data), now))
+        cookie = self.cookie_for(endpoint, now) if self.under_load(now) else None
+        decision = policy(UnknownInitiator(key, endpoint, bytes(data), now, cookie))
         if not isinstance(decision, Admission):
             self._unknown_peer(remote_static, endpoint, now)
             return None
