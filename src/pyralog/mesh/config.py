@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyralog.mesh.tomlsection import ConfigError, Section, show
 from pyralog.wireguard.constants import DEFAULT_MTU
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
 from pyralog.wireguard.keys import InvalidKeyError, PublicKey
@@ -51,8 +52,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class MeshConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and the key."""
+MeshConfigError = ConfigError  # a configuration that cannot be used; names file and key
 
 
 @dataclass(frozen=True)
@@ -85,52 +85,6 @@ class MeshConfig:
     bootstrap: Bootstrap | None
     peers: tuple[StaticPeer, ...]
     notices: tuple[str, ...] = field(default=())
-
-
-class _Section:
-    """One table of the file: typed getters that name the key in every error, and a
-    check that nothing unknown was left."""
-
-    def __init__(self, path: str, label: str, table: Mapping[str, Any]) -> None:
-        self.path, self.label, self.table = path, label, dict(table)
-        self.used: set[str] = set()
-
-    def error(self, key: str, message: str) -> MeshConfigError:
-        return MeshConfigError(f"{self.path}: {self.label} {key}: {message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python, never what an integer key means
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            expected = " or ".join(_TOML_TYPES[k] for k in kinds)
-            raise self.error(key, f"expected {expected}, got {_show(value)}")
-        return value
-
-    def integer(self, key: str, low: int, high: int, default: int) -> int:
-        value = self.get(key, int, default)
-        if not low <= value <= high:
-            raise self.error(key, f"expected {low}-{high}, got {value}")
-        return value
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise self.error(unknown[0], "unknown key")
-
-
-_TOML_TYPES = {str: "a string", int: "an integer", list: "an array"}
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
 
 
 def _port_text(where: str, text: str) -> int:
@@ -191,21 +145,21 @@ def parse(
         if name in doc:
             notices.append(f"{path}: [{name}] ({feature}) is not supported yet; ignored")
 
-    wg = _Section(path, "[wireguard]", doc.get("wireguard", {}))
+    wg = Section(path, "[wireguard]", doc.get("wireguard", {}))
     backend = wg.get("backend", str, "auto")
     if backend == "boringtun":
         notices.append(f'{path}: [wireguard] backend "boringtun" means "userspace" here')
         backend = "userspace"
     if backend not in BACKENDS:
         choices = ", ".join(f'"{b}"' for b in BACKENDS)
-        raise wg.error("backend", f"expected one of {choices}, got {_show(backend)}")
+        raise wg.error("backend", f"expected one of {choices}, got {show(backend)}")
     interface_name = wg.get("interface_name", str, DEFAULT_INTERFACE)
     _check_interface_name(wg, interface_name)
     wg.finish()
 
     if "interface" not in doc:
         raise MeshConfigError(f"{path}: [interface]: missing (it holds private_key_file)")
-    iface = _Section(path, "[interface]", doc["interface"])
+    iface = Section(path, "[interface]", doc["interface"])
     key_file = iface.get("private_key_file", str)
     if not key_file:
         raise iface.error("private_key_file", "missing")
@@ -215,7 +169,7 @@ def parse(
         try:
             addresses.append(ipaddress.ip_interface(item))
         except (TypeError, ValueError):
-            message = f"expected ADDRESS/PREFIX, got {_show(item)}"
+            message = f"expected ADDRESS/PREFIX, got {show(item)}"
             raise iface.error("address", message) from None
     listen_port = iface.integer("listen_port", 1, 65535, DEFAULT_PORT)
     mtu = iface.integer("mtu", 1280, 65535, DEFAULT_MTU)
@@ -227,7 +181,7 @@ def parse(
     node_id = overrides.get("PYRALOG_NODE_ID")
     bootstrap = None
     if "bootstrap" in doc:
-        boot = _Section(path, "[bootstrap]", doc["bootstrap"])
+        boot = Section(path, "[bootstrap]", doc["bootstrap"])
         raw = boot.get("coordinator_endpoint", (str, list))
         values = [raw] if isinstance(raw, str) else list(raw or [])
         if not all(isinstance(v, str) for v in values):
@@ -279,7 +233,7 @@ def parse(
     )
 
 
-def _check_interface_name(section: _Section, name: str) -> None:
+def _check_interface_name(section: Section, name: str) -> None:
     from pyralog.tunnel.tun import validate_interface_name
 
     try:
@@ -291,7 +245,7 @@ def _check_interface_name(section: _Section, name: str) -> None:
 def _peer(path: str, base: Path, index: int, table: Any, notices: list[str]) -> StaticPeer:
     if not isinstance(table, dict):
         raise MeshConfigError(f"{path}: [[peer]] #{index + 1}: expected a table")
-    peer = _Section(path, f"[[peer]] #{index + 1}", table)
+    peer = Section(path, f"[[peer]] #{index + 1}", table)
     key_text = peer.get("public_key", str)
     alias = peer.get("wireguard_public_key", str)  # the document's post-quantum example
     if key_text is not None and alias is not None:
@@ -315,7 +269,7 @@ def _peer(path: str, base: Path, index: int, table: Any, notices: list[str]) -> 
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except (TypeError, ValueError):
-            raise peer.error("allowed_ips", f"expected ADDRESS/PREFIX, got {_show(item)}") from None
+            raise peer.error("allowed_ips", f"expected ADDRESS/PREFIX, got {show(item)}") from None
     keepalive = peer.integer("persistent_keepalive", 0, 65535, 0)
     psk_file = peer.get("preshared_key_file", str)
     peer.finish()

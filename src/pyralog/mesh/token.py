@@ -4,7 +4,7 @@ A token carries everything a new node needs to reach the coordinator over WireGu
 prove itself there, and nothing the coordinator must keep secret from it:
 
 - a 32-byte secret (the only secret part);
-- the coordinator's WireGuard public key, its mesh address and its UDP endpoints;
+- the coordinator's WireGuard public key, its mesh address, API port and UDP endpoints;
 - the cluster id.
 
 Text form: ``pyralog-join-1.`` + base64url (no padding) of a compact binary encoding,
@@ -58,6 +58,7 @@ class JoinToken:
     coordinator_address: ipaddress.IPv4Address | ipaddress.IPv6Address
     endpoints: tuple[tuple[str, int], ...]
     cluster_id: str
+    api_port: int = 7700
 
     @property
     def id(self) -> str:
@@ -71,6 +72,7 @@ class JoinToken:
             self.coordinator_key.raw,
             struct.pack("!B", len(addr)),
             addr,
+            struct.pack("!H", self.api_port),
             struct.pack("!B", len(cluster)),
             cluster,
             struct.pack("!B", len(self.endpoints)),
@@ -118,6 +120,9 @@ class JoinToken:
         if addr_len not in (4, 16):
             raise TokenError("join token: coordinator address is neither IPv4 nor IPv6")
         address = ipaddress.ip_address(take(addr_len))
+        (api_port,) = struct.unpack("!H", take(2))
+        if api_port == 0:
+            raise TokenError("join token: API port 0")
         cluster = take(take(1)[0]).decode()
         endpoints = []
         for _ in range(take(1)[0]):
@@ -133,4 +138,4 @@ class JoinToken:
             raise TokenError("join token has trailing bytes")
         if not endpoints:
             raise TokenError("join token names no coordinator endpoint")
-        return cls(secret, key, address, tuple(endpoints), cluster)
+        return cls(secret, key, address, tuple(endpoints), cluster, api_port)

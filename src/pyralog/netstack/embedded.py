@@ -32,6 +32,7 @@ from typing import Any
 
 from pyralog.link import Link, SetRequest, Transform
 from pyralog.link.control import PeerChange
+from pyralog.netstack.routing import decrement_ttl, destination
 from pyralog.netstack.stack import Stack
 from pyralog.netstack.tcp import TcpConnection
 from pyralog.netstack.transports import DatagramTransport, TcpTransport
@@ -140,6 +141,10 @@ class EmbeddedTunnel:
         self._kick_pending = False
         self._deferred: list[Callable[[], None]] = []
         self._closed = False
+        # A hub forwards packets between its peers (``netstack.routing``); off by default.
+        self.forwarding = False
+        self.forwarded = 0
+        self.forward_drops = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -279,7 +284,10 @@ class EmbeddedTunnel:
             moved = False
             for packet in device.packets_to_deliver():
                 moved = True
-                stack.receive_packet(packet, now)
+                if self.forwarding and destination(packet) not in stack.local_packed:
+                    self._forward(packet, now)
+                else:
+                    stack.receive_packet(packet, now)
             while self._deferred:  # the readers, now that the whole burst is in
                 moved = True
                 deferred, self._deferred = self._deferred, []
@@ -293,6 +301,14 @@ class EmbeddedTunnel:
         if self.link is not None:
             self.link.flush(now)
         self._reschedule()
+
+    def _forward(self, packet: bytes, now: float) -> None:
+        routed = decrement_ttl(packet) if destination(packet) is not None else None
+        if routed is None:
+            self.forward_drops += 1
+            return
+        self.forwarded += 1
+        self.device.send_packet(routed, now)
 
     def _reschedule(self) -> None:
         if self.link is None or self._closed:

@@ -55,6 +55,7 @@ class Stack:
         self.verify_checksums = verify_checksums
         self.addresses = [ipaddress.ip_address(a) for a in addresses]
         self._local = {a.packed for a in self.addresses}
+        self.local_packed = frozenset(self._local)
         self.mtu = mtu
         self._rng = rng or random.SystemRandom()
         self._conns: dict[ConnKey, TcpConnection] = {}

@@ -1,0 +1,221 @@
+"""HTTP/1.1 + JSON over any asyncio stream: the coordinator's API and its clients.
+
+``h11`` does the protocol (sans-IO); this module only moves bytes between it and asyncio
+streams, so the same server runs on kernel sockets, on the embedded netstack and on a
+Unix socket. Bounds, so a hostile peer costs little: headers of at most ``MAX_HEADERS``
+bytes, bodies of at most ``MAX_BODY``, ``READ_TIMEOUT`` to send a request. Anything
+malformed gets a 400 and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+MAX_HEADERS = 16 * 1024
+MAX_BODY = 1024 * 1024
+READ_TIMEOUT = 30.0
+CHUNK = 65536
+
+
+class HttpError(Exception):
+    """An API call that failed: ``status`` and the server's (or our) message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: bytes
+    peer: tuple[str, int] | None  # the client's address (None on a Unix socket)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        if not self.body:
+            return {}
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "request body is not JSON") from None
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None  # JSON-serializable
+
+    def encoded(self) -> bytes:
+        return b"" if self.body is None else json.dumps(self.body).encode()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+async def _read_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await asyncio.wait_for(reader.read(CHUNK), timeout)
+        conn.receive_data(data)
+
+
+async def _send(writer: asyncio.StreamWriter, conn: h11.Connection, response: Response) -> None:
+    body = response.encoded()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=body)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+async def serve_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+) -> None:
+    """Answer requests on one connection until the client closes it or misbehaves."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+    peername = writer.get_extra_info("peername")
+    peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
+    try:
+        while True:
+            try:
+                event = await _read_event(conn, reader, READ_TIMEOUT)
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                if not isinstance(event, h11.Request):
+                    raise HttpError(400, "expected a request")
+                request = await _read_request(conn, reader, event, peer)
+            except h11.RemoteProtocolError as e:
+                await _fail(writer, conn, 400, f"malformed HTTP: {e}")
+                return
+            except HttpError as e:
+                await _fail(writer, conn, e.status, e.message)
+                return
+            try:
+                response = await handler(request)
+            except HttpError as e:
+                response = Response(e.status, {"error": e.message})
+            await _send(writer, conn, response)
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+    except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def _read_request(
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    event: h11.Request,
+    peer: tuple[str, int] | None,
+) -> Request:
+    headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+    length = headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise HttpError(413, f"request body over {MAX_BODY} bytes")
+    body = bytearray()
+    while True:
+        part = await _read_event(conn, reader, READ_TIMEOUT)
+        if isinstance(part, h11.Data):
+            body += part.data
+            if len(body) > MAX_BODY:
+                raise HttpError(413, f"request body over {MAX_BODY} bytes")
+        elif isinstance(part, h11.EndOfMessage):
+            break
+        else:
+            raise HttpError(400, "connection closed mid-request")
+    target = urlsplit(event.target.decode("latin-1"))
+    query = {k: v[-1] for k, v in parse_qs(target.query).items()}
+    return Request(event.method.decode(), target.path, query, bytes(body), peer, headers)
+
+
+async def _fail(
+    writer: asyncio.StreamWriter, conn: h11.Connection, status: int, message: str
+) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    with contextlib.suppress(Exception):
+        await _send(writer, conn, Response(status, {"error": message}))
+
+
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def call(
+    opener: Opener,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    host: str = "coordinator",
+    timeout: float = 10.0,
+) -> Any:
+    """One request on a new connection; the decoded JSON answer, or HttpError."""
+    try:
+        return await asyncio.wait_for(_call(opener, method, path, body, host), timeout)
+    except TimeoutError:
+        raise HttpError(0, f"{method} {path}: no answer within {timeout:g} s") from None
+    except (ConnectionError, OSError) as e:
+        raise HttpError(0, f"{method} {path}: {e}") from None
+
+
+async def _call(opener: Opener, method: str, path: str, body: Any, host: str) -> Any:
+    reader, writer = await opener()
+    try:
+        data = b"" if body is None else json.dumps(body).encode()
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
+        headers = [("host", host), ("content-length", str(len(data)))]
+        if data:
+            headers.append(("content-type", "application/json"))
+        writer.write(conn.send(h11.Request(method=method, target=path, headers=headers)))
+        writer.write(conn.send(h11.Data(data=data)))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        response = await _read_event(conn, reader, 3600.0)
+        if not isinstance(response, h11.Response):
+            raise HttpError(0, f"{method} {path}: the server closed the connection")
+        payload = bytearray()
+        while True:
+            part = await _read_event(conn, reader, 3600.0)
+            if isinstance(part, h11.Data):
+                payload += part.data
+                if len(payload) > 64 * MAX_BODY:
+                    raise HttpError(0, f"{method} {path}: answer too large")
+            elif isinstance(part, h11.EndOfMessage):
+                break
+            else:
+                raise HttpError(0, f"{method} {path}: answer cut short")
+    except h11.RemoteProtocolError as e:
+        raise HttpError(0, f"{method} {path}: malformed answer: {e}") from None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    try:
+        decoded = json.loads(payload) if payload else None
+    except ValueError:
+        raise HttpError(response.status_code, "answer is not JSON") from None
+    if response.status_code >= 400:
+        message = decoded.get("error") if isinstance(decoded, dict) else None
+        raise HttpError(response.status_code, str(message or f"HTTP {response.status_code}"))
+    return decoded

@@ -1,0 +1,343 @@
+"""``pyralog node``: one member of the mesh, from ``wireguard.toml`` to live peers.
+
+Start-up: load and check the config; load the private key (made on first boot); enroll
+with the token if this key is not a member yet (``pyralog.mesh.join``), else reconnect
+with the saved state; bring up the backend (``[wireguard] backend``, ``auto`` explained
+in the log); run the agent. A config without ``[bootstrap]`` is a static mesh: its
+``[interface] address`` and ``[[peer]]`` tables, as wg-quick would do.
+
+The node serves on its mesh address a small identity service (``INFO_PORT``:
+``GET /v1/whoami`` answers who the caller is, as cryptokey routing and the directory say,
+and refuses roles the policy keeps out), and on a local Unix socket (``node.sock`` next
+to the config, 0600) its status and ``GET /v1/probe?address=A&port=P``, which opens a
+TCP connection over the mesh from this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyralog.link.control import PeerChange, SetRequest
+from pyralog.mesh import http
+from pyralog.mesh.agent import Agent
+from pyralog.mesh.backend import Backend, BackendSpec, choose, start_backend
+from pyralog.mesh.config import MeshConfig, MeshConfigError
+from pyralog.mesh.diff import Wanted
+from pyralog.mesh.identity import Directory
+from pyralog.mesh.join import enroll
+from pyralog.mesh.keyfile import load_or_create
+from pyralog.mesh.state import NodeState
+from pyralog.mesh.token import JoinToken, TokenError
+from pyralog.wireguard.keys import PresharedKey, PrivateKey
+
+INFO_PORT = 7701
+
+
+def _log(message: str) -> None:
+    print(f"pyralog node: {message}", file=sys.stderr, flush=True)
+
+
+def _endpoint_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NodeError(Exception):
+    """The node cannot start; the message says why."""
+
+
+class MeshNode:
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.key: PrivateKey | None = None
+        self.state: NodeState | None = None
+        self.backend: Backend | None = None
+        self.agent: Agent | None = None
+        self.directory = Directory()
+        self.socket_path = Path(config.path).resolve().parent / "node.sock"
+        self._servers: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _token(self) -> JoinToken | None:
+        boot = self.config.bootstrap
+        if boot is None:
+            return None
+        text = boot.token
+        if text is None and boot.token_file is not None:
+            try:
+                text = boot.token_file.read_text(encoding="utf-8")
+            except OSError as e:
+                raise NodeError(f"{boot.token_file}: cannot read the token: {e}") from None
+        if text is None:
+            return None
+        try:
+            token = JoinToken.decode(text)
+        except TokenError as e:
+            where = boot.token_file or f"{self.config.path}: [bootstrap] token"
+            raise NodeError(f"{where}: {e}") from None
+        if boot.cluster_id is not None and boot.cluster_id != token.cluster_id:
+            raise NodeError(
+                f"{self.config.path}: [bootstrap] cluster_id is {boot.cluster_id!r} but the "
+                f"token is for cluster {token.cluster_id!r}"
+            )
+        return token
+
+    async def _membership(self, key: PrivateKey) -> NodeState:
+        path = NodeState.path_for(self.config.private_key_file)
+        state = NodeState.load(path)
+        public = key.public_key.to_base64()
+        if state is not None and state.public_key == public:
+            if self.config.node_id and state.node_id != self.config.node_id:
+                raise NodeError(
+                    f"this key is enrolled as {state.node_id!r}, not {self.config.node_id!r}; "
+                    f"delete {path} to enroll again"
+                )
+            _log(f"member {state.node_id} at {state.address} (state {path})")
+            return state
+        token = self._token()
+        if token is None:
+            raise NodeError(
+                f"{self.config.path}: not enrolled yet and no token: set [bootstrap] token "
+                "or token_file (pyralog-admin token create prints one)"
+            )
+        node_id = self.config.node_id or os.uname().nodename
+        boot = self.config.bootstrap
+        endpoints = boot.coordinator_endpoints if boot else ()
+        _log(f"enrolling {node_id} with token {token.id} ...")
+        welcome = await enroll(
+            key, token, node_id, self.config.listen_port, endpoints=tuple(endpoints)
+        )
+        node = welcome["node"]
+        state = NodeState(
+            node_id=node["node_id"],
+            public_key=public,
+            address=node["address"],
+            network=welcome["network"],
+            cluster_id=welcome["cluster_id"],
+            coordinator=welcome["coordinator"],
+            role=node["role"],
+        )
+        state.save(path)
+        _log(f"enrolled as {state.node_id} ({state.role}) at {state.address}")
+        return state
+
+    def _static_peers(self) -> list[Wanted]:
+        peers = []
+        for p in self.config.peers:
+            endpoint = _endpoint_text(*p.endpoint) if p.endpoint else None
+            peers.append(
+                Wanted(
+                    p.public_key.to_base64(),
+                    endpoint,
+                    tuple(str(n) for n in p.allowed_ips),
+                    p.persistent_keepalive,
+                )
+            )
+        return peers
+
+    async def start(self) -> None:
+        cfg = self.config
+        for notice in cfg.notices:
+            _log(notice)
+        key, created = load_or_create(cfg.private_key_file)
+        self.key = key
+        if created:
+            _log(f"made a new key pair: {cfg.private_key_file} (public {key.public_key})")
+        kind, why = choose(cfg.backend)
+        if cfg.bootstrap is not None:
+            self.state = await self._membership(key)
+            network = ipaddress.ip_network(self.state.network)
+            addresses = (ipaddress.ip_interface(f"{self.state.address}/{network.prefixlen}"),)
+            if cfg.addresses and cfg.addresses[0].ip != addresses[0].ip:
+                _log(
+                    f"[interface] address {cfg.addresses[0]} ignored: the coordinator gave "
+                    f"{self.state.address}"
+                )
+        else:
+            if not cfg.addresses:
+                raise MeshConfigError(
+                    f"{cfg.path}: [interface] address: required without [bootstrap]"
+                )
+            addresses = cfg.addresses
+        spec = BackendSpec(key, addresses, cfg.listen_port, cfg.mtu, cfg.interface_name)
+        _log(f"backend {kind} ({why})")
+        self.backend = await start_backend(kind, spec)
+        await self._static_psks()
+        if self.state is not None:
+            boot = cfg.bootstrap
+            endpoints = (
+                [_endpoint_text(h, p) for h, p in boot.coordinator_endpoints] if boot else []
+            )
+            self.agent = Agent(
+                self.backend,
+                self.state.coordinator,
+                endpoints=endpoints,
+                static=self._static_peers(),
+                directory=self.directory,
+                on_view=self._save_view,
+                role=self.state.role,
+            )
+            # The last known peers first: a node whose coordinator is down still meshes.
+            await self.agent.apply_view(self.state.view)
+            self._tasks += [
+                asyncio.create_task(self.agent.run()),
+                asyncio.create_task(self.agent.report_loop()),
+            ]
+        else:
+            from pyralog.mesh.diff import plan
+
+            change, _ = plan({}, self._static_peers())
+            if change is not None:
+                await self.backend.apply(change)
+        await self._serve()
+        _log(
+            f"up: {', '.join(str(a) for a in addresses)} on UDP {self.backend.listen_port}, "
+            f"identity service on port {INFO_PORT}, local socket {self.socket_path}"
+        )
+
+    async def _static_psks(self) -> None:
+        assert self.backend is not None
+        changes = []
+        for p in self.config.peers:
+            if p.preshared_key_file is not None:
+                try:
+                    text = p.preshared_key_file.read_text(encoding="ascii").strip()
+                    psk = PresharedKey.from_base64(text)
+                except (OSError, ValueError) as e:
+                    raise NodeError(f"{p.preshared_key_file}: {e}") from None
+                changes.append(PeerChange(p.public_key, preshared_key=psk))
+        if changes:
+            await self.backend.apply(SetRequest(peers=changes))
+
+    def _save_view(self, view: dict[str, Any]) -> None:
+        if self.state is None:
+            return
+        self.state.view = view
+        self.state.save(NodeState.path_for(self.config.private_key_file))
+
+    async def _serve(self) -> None:
+        assert self.backend is not None
+        network = self.backend.network
+        for address in network.addresses:
+            server = await network.start_server(
+                lambda r, w: http.serve_connection(r, w, self._info),
+                host=str(address),
+                port=INFO_PORT,
+            )
+            self._servers.append(server)
+        self.socket_path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            local = await asyncio.start_unix_server(
+                lambda r, w: http.serve_connection(r, w, self._local),
+                path=str(self.socket_path),
+            )
+        finally:
+            os.umask(old)
+        self._servers.append(local)
+
+    # -- services ------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        return {
+            "node_id": self.state.node_id if self.state else None,
+            "role": self.state.role if self.state else None,
+            "addresses": [str(a) for a in self.backend.network.addresses] if self.backend else [],
+        }
+
+    async def _info(self, request: http.Request) -> http.Response:
+        if (request.method, request.path) != ("GET", "/v1/whoami"):
+            return http.Response(404, {"error": f"no route {request.method} {request.path}"})
+        peer = request.peer[0] if request.peer else ""
+        member = self.directory.lookup(peer)
+        if self.state is not None and not self.directory.permits(peer, INFO_PORT):
+            return http.Response(403, {"error": f"{peer} may not reach port {INFO_PORT} here"})
+        you = None if member is None else member.__dict__
+        return http.Response(200, {"you": you, "address": peer, "me": self.whoami()})
+
+    async def _local(self, request: http.Request) -> http.Response:
+        assert self.backend is not None
+        if request.method == "GET" and request.path == "/v1/status":
+            return http.Response(200, await self.status())
+        if request.method == "GET" and request.path == "/v1/probe":
+            return http.Response(200, await self.probe(request.query))
+        return http.Response(404, {"error": f"no route {request.method} {request.path}"})
+
+    async def probe(self, query: dict[str, str]) -> dict[str, Any]:
+        assert self.backend is not None
+        address = query.get("address", "")
+        try:
+            ipaddress.ip_address(address)
+            port = int(query.get("port", INFO_PORT))
+        except ValueError:
+            raise http.HttpError(400, "probe: expected address=IP and port=N") from None
+        network = self.backend.network
+        started = time.perf_counter()
+        try:
+            answer = await http.call(
+                lambda: network.open_connection(address, port),
+                "GET",
+                "/v1/whoami",
+                timeout=float(query.get("timeout", "5")),
+            )
+        except http.HttpError as e:
+            return {"ok": False, "error": e.message, "status": e.status}
+        return {"ok": True, "rtt_ms": (time.perf_counter() - started) * 1000, "answer": answer}
+
+    async def status(self) -> dict[str, Any]:
+        assert self.backend is not None
+        peers = await self.backend.peers()
+        names = {}
+        if self.agent and self.agent.view:
+            names = {p["public_key"]: p for p in self.agent.view["peers"]}
+        return {
+            **self.whoami(),
+            "backend": self.backend.name,
+            "listen_port": self.backend.listen_port,
+            "updates": self.agent.updates if self.agent else 0,
+            "last_update": self.agent.last_update if self.agent else None,
+            "coordinator_failures": self.agent.failures if self.agent else 0,
+            "peers": [
+                {
+                    "node_id": names.get(p.public_key.to_base64(), {}).get("node_id"),
+                    "role": names.get(p.public_key.to_base64(), {}).get("role"),
+                    "public_key": p.public_key.to_base64(),
+                    "endpoint": None if p.endpoint is None else _endpoint_text(*p.endpoint),
+                    "allowed_ips": list(p.allowed_ips),
+                    "latest_handshake": p.last_handshake,
+                    "rx_bytes": p.rx_bytes,
+                    "tx_bytes": p.tx_bytes,
+                }
+                for p in peers
+            ],
+        }
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self._servers:
+            server.close()
+        if self.backend is not None:
+            await self.backend.close()
+        self.socket_path.unlink(missing_ok=True)
+
+
+async def run(config: MeshConfig, stop: asyncio.Event) -> None:
+    node = MeshNode(config)
+    try:
+        await node.start()
+        await stop.wait()
+    finally:
+        await node.close()
