@@ -624,6 +624,29 @@ class Lab:
             ns.ip("link", "set", name, "up")
         return link
 
+    def switch(self, members: list[Namespace]) -> list[str]:
+        """One LAN for ``members``: a bridge in a namespace of its own, a veth from each
+        member into it; member i gets 172.30.X.(i+1)/24. Returns the members' addresses."""
+        hub = self.namespace("sw")
+        hub.ip("link", "add", "br0", "type", "bridge")
+        hub.ip("link", "set", "br0", "up")
+        net = next(_subnets) % 250 + 1
+        addresses = []
+        for i, ns in enumerate(members):
+            n = next(_counter)
+            inner, outer = f"ps{os.getpid()}-{n}a", f"ps{os.getpid()}-{n}b"
+            run(
+                ["ip", "link", "add", inner, "netns", ns.name, "type", "veth",
+                 "peer", "name", outer, "netns", hub.name]
+            )  # fmt: skip
+            hub.ip("link", "set", outer, "master", "br0")
+            hub.ip("link", "set", outer, "up")
+            address = f"172.30.{net}.{i + 1}"
+            ns.ip("address", "add", f"{address}/24", "dev", inner)
+            ns.ip("link", "set", inner, "up")
+            addresses.append(address)
+        return addresses
+
     def tunnel_net(self) -> int:
         """A fresh X for tunnel addresses 10.31.X.0/24 and fd00:131:X::/64."""
         return next(self._tunnel_nets)

@@ -115,6 +115,7 @@ class CoordinatorApi:
             revoked = await registry.revoke_token(parts[2])
             if revoked is None:
                 raise HttpError(404, f"no token {parts[2]!r}")
+            await self.service.refresh_tokens()
             self.service.audit("token_revoked", token_id=revoked.id)
             return Response(200, revoked.public())
         if path == "/v1/clients" and method == "POST":
@@ -199,6 +200,7 @@ class CoordinatorApi:
             reusable=bool(body.get("reusable", False)),
             region=self._region(body.get("region")),
         )
+        await self.service.refresh_tokens()
         self.service.audit("token_created", token_id=record.id, role=record.role)
         return {"token": text, **record.public()}
 

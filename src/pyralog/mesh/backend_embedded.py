@@ -50,6 +50,9 @@ class EmbeddedBackend:
     async def rekey(self, peer: PublicKey) -> None:
         self.tunnel.rekey(peer)
 
+    async def set_forwarding(self, on: bool) -> None:
+        self.tunnel.forwarding = on
+
     async def peers(self) -> list[PeerStatus]:
         device = self.tunnel.device
         return [

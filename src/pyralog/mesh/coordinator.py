@@ -89,6 +89,7 @@ class CoordinatorService:
         )
         self.tunnel = await EmbeddedTunnel.start(Config(interface, [], path=cfg.path))
         device = self.tunnel.device
+        self.enrollment.clock_offset = device.clock_offset
         device.unknown_initiator_policy = self.enrollment.admit
         device.mac2_proof_check = self.enrollment.pre_check
         await self._sync()
@@ -280,6 +281,8 @@ class CoordinatorService:
             raise Conflict("the token was deleted")
         why = token.refusal(time.time())
         if why is not None:
+            # Admitted before another coordinator (or request) used the token up.
+            self._drop_provisional(key)
             raise Conflict(f"token {token.id} is {why}")
         existed = await self.registry.node(node_id) is not None
         # Before the store changes (a sync may run at once): the answer to this request
@@ -311,7 +314,10 @@ class CoordinatorService:
         except Conflict:
             if not existed:
                 await self.registry.remove(node_id)
+            self._drop_provisional(key)
             raise
+        finally:
+            await self.refresh_tokens()  # a used-up token must not admit anyone else
         self.enrollment.finish(key)
         self.tunnel.device.confirm_peer(key)
         # The provisional session used the token's PSK; the member's own use none (the
@@ -327,6 +333,15 @@ class CoordinatorService:
         )
         _log(f"enrolled {node_id} ({token.role}) at {record.address}")
         return record
+
+    def _drop_provisional(self, key: PublicKey) -> None:
+        assert self.tunnel is not None
+        if self.enrollment.finish(key) is not None and key.to_base64() not in self._members:
+            self.tunnel.apply(SetRequest(peers=[PeerChange(key, remove=True)]))
+
+    async def refresh_tokens(self) -> None:
+        assert self.registry is not None
+        self.enrollment.update_tokens(await self.registry.tokens())
 
     async def status(self) -> dict[str, Any]:
         assert self.registry is not None and self.tunnel is not None

@@ -59,7 +59,9 @@ class Pending:
 
 
 class Enrollment:
-    def __init__(self) -> None:
+    def __init__(self, clock_offset: float = 0.0) -> None:
+        # The Device's ``now`` is monotonic; token expiry is wall-clock time.
+        self.clock_offset = clock_offset
         self._tokens: list[tuple[bytes, TokenRecord]] = []
         self.pending: dict[PublicKey, Pending] = {}
         self.counters: Counter[str] = Counter()
@@ -85,7 +87,7 @@ class Enrollment:
         record = self._match(who)
         if record is None:
             return self._refuse(who, "no_token", None)
-        why = record.refusal(who.now)
+        why = record.refusal(who.now + self.clock_offset)
         if why is not None:
             return self._refuse(who, why, record.id)
         address = provisional_address(who.public_key)

@@ -35,7 +35,7 @@ from pyralog.mesh.join import enroll
 from pyralog.mesh.keyfile import load_or_create
 from pyralog.mesh.state import NodeState
 from pyralog.mesh.token import JoinToken, TokenError
-from pyralog.wireguard.keys import PresharedKey, PrivateKey
+from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 INFO_PORT = 7701
 
@@ -64,6 +64,7 @@ class MeshNode:
         self._servers: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+        self.forwarding = False
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -188,6 +189,13 @@ class MeshNode:
             )
             # The last known peers first: a node whose coordinator is down still meshes.
             await self.agent.apply_view(self.state.view)
+            # Then the current ones, before we say we are up, so that peers which already
+            # know us are not left waiting for a handshake retry (5 s).
+            try:
+                await self.agent.poll_once(wait=0)
+            except http.HttpError as e:
+                _log(f"coordinator not reachable yet ({e}); starting with the last known peers")
+            await self._greet_peers()
             self._tasks += [
                 asyncio.create_task(self.agent.run()),
                 asyncio.create_task(self.agent.report_loop()),
@@ -203,6 +211,17 @@ class MeshNode:
             f"up: {', '.join(str(a) for a in addresses)} on UDP {self.backend.listen_port}, "
             f"identity service on port {INFO_PORT}, local socket {self.socket_path}"
         )
+
+    async def _greet_peers(self) -> None:
+        """Handshake with every peer now. After a restart our peers still hold sessions
+        we forgot; without this they would send into them until WireGuard gives up on
+        them (15 s). Only where the backend can start a handshake by itself (embedded)."""
+        assert self.backend is not None and self.agent is not None
+        if self.backend.name != "embedded":
+            return
+        for key, wanted in self.agent.applied.items():
+            if wanted.endpoint is not None:
+                await self.backend.rekey(PublicKey.from_base64(key))
 
     async def _static_psks(self) -> None:
         assert self.backend is not None
@@ -223,6 +242,16 @@ class MeshNode:
             return
         self.state.view = view
         self.state.save(NodeState.path_for(self.config.private_key_file))
+        settings = view["settings"]
+        me = view["self"]
+        hub = settings["topology"] != "full-mesh" and (
+            me["role"] == "gateway" or me["node_id"] in settings["hubs"]
+        )
+        if hub != self.forwarding and self.backend is not None:
+            self.forwarding = hub
+            what = "forwarding" if hub else "not forwarding"
+            _log(f"{what} between peers ({settings['topology']})")
+            self._tasks.append(asyncio.create_task(self.backend.set_forwarding(hub)))
 
     async def _serve(self) -> None:
         assert self.backend is not None
