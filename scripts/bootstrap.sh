@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # kmod: modprobe, so tc can load sch_netem for the lossy-link test where the kernel has it.
-apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump kmod python3-venv)
+# etcd-server: /usr/bin/etcd, for the etcd store's tests (they run members of their own).
+apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump kmod python3-venv etcd-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,6 +18,16 @@ if ((${#missing[@]})); then
     else
         echo "bootstrap: installing ${missing[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
+        # etcd-server's postinst starts a system etcd on port 2379, and fails the install
+        # where that cannot start (no systemd, no init). Nothing here wants that service:
+        # forbid service starts during the install, as Docker images do, unless the
+        # machine has a policy of its own.
+        policy=/usr/sbin/policy-rc.d
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            trap 'rm -f "$policy"' EXIT
+        fi
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi

@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the `privileged` marker skips with a reason without root."""
+"""Shared pytest configuration: the `privileged` marker skips with a reason without root;
+the etcd fixtures (tests/etcd.py) are available to every test."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import shutil
 
 import pytest
+
+pytest_plugins = ["etcd"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
