@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pyralog.link.control import ConfigChangeError, SetRequest
+from pyralog.link.control import ConfigChangeError, PeerChange, SetRequest
 from pyralog.mesh.backend import BackendError, BackendSpec, PeerStatus, kernel_available
 from pyralog.mesh.wgnetlink import (
     MESSAGE_LIMIT,
@@ -266,10 +266,23 @@ class KernelBackend:
         return port
 
     async def rekey(self, peer: PublicKey) -> None:
-        raise BackendError(
-            "kernel backend: the kernel WireGuard module has no command to start a handshake "
-            f"with {peer}; it rekeys on its own timers"
+        # The kernel has no "handshake now": removing the peer and adding it back drops
+        # its session, so the next packet starts a handshake at once (as for UAPI).
+        current = next((p for p in await self.peers() if p.public_key == peer), None)
+        if current is None:
+            return
+        again = PeerChange(
+            peer,
+            endpoint=current.endpoint,
+            persistent_keepalive=current.persistent_keepalive,
+            allowed_ips=list(current.allowed_ips),
         )
+        await self.apply(SetRequest(peers=[PeerChange(peer, remove=True), again]))
+
+    async def set_forwarding(self, on: bool) -> None:
+        from pyralog.mesh.backend_userspace import _set_forwarding
+
+        await asyncio.to_thread(_set_forwarding, on)
 
     async def peers(self) -> list[PeerStatus]:
         try:
