@@ -26,7 +26,10 @@ from pyralog.mesh.policy import MeshSettings
 from pyralog.mesh.topology import PeerSpec, host_network
 from pyralog.wireguard.keys import PublicKey
 
-WAIT = 25.0  # long-poll seconds (the coordinator caps it at 60)
+# Long-poll seconds (the coordinator caps it at 60). Also how long a coordinator that
+# died mid-poll goes unnoticed (plus GRACE), so kept short: 50 nodes make 5 polls/s.
+WAIT = 10.0
+GRACE = 3.0
 REPORT_EVERY = 10.0
 COORDINATOR_KEEPALIVE = 25
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -114,7 +117,7 @@ class Agent:
 
     async def poll_once(self, wait: float = WAIT) -> bool:
         query = f"/v1/mesh?wait={wait:g}" + (f"&since={self.digest}" if self.digest else "")
-        view = await self.call("GET", query, timeout=wait + 10.0)
+        view = await self.call("GET", query, timeout=wait + GRACE)
         self.digest = view.get("view")
         changed = await self.apply_view(view)
         self.updates += 1
@@ -153,7 +156,7 @@ class Agent:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 10 == 0:
                     _log(f"watch failed ({e}); keeping the current peers")
-                if self.failures % 2 == 0:
+                if e.status == 0:  # no answer at all: try the next coordinator endpoint
                     await self._fail_over()
                 await asyncio.sleep(BACKOFF[min(self.failures - 1, len(BACKOFF) - 1)])
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pyralog.mesh.http import HttpError, Request, Response
 from pyralog.mesh.model import RecordError, check_node_id, check_role
 from pyralog.mesh.registry import Conflict
+from pyralog.mesh.store import StoreError
 from pyralog.mesh.topology import PeerSpec
 from pyralog.wireguard.keys import PrivateKey
 
@@ -91,6 +92,8 @@ class CoordinatorApi:
             raise HttpError(400, str(e)) from None
         except Conflict as e:
             raise HttpError(409, str(e)) from None
+        except StoreError as e:
+            raise HttpError(503, f"the coordinator's store is unavailable: {e}") from None
 
     async def _admin(self, request: Request, method: str, path: str) -> Response:
         registry = self.service.registry

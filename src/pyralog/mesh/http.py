@@ -108,6 +108,8 @@ async def serve_connection(
                 response = await handler(request)
             except HttpError as e:
                 response = Response(e.status, {"error": e.message})
+            except Exception as e:  # a bug or a dead dependency: answer, never hang up
+                response = Response(500, {"error": f"internal error: {type(e).__name__}: {e}"})
             await _send(writer, conn, response)
             if conn.our_state is h11.MUST_CLOSE:
                 return
