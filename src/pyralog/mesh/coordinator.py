@@ -16,9 +16,9 @@ import contextlib
 import ipaddress
 import json
 import os
+import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pyralog.link.control import PeerChange, SetRequest
@@ -120,6 +120,28 @@ class CoordinatorService:
             f"WireGuard on UDP {self.tunnel.listen_port}, API on {cfg.address}:{cfg.api_port} "
             f"(mesh only), admin socket {cfg.admin_socket}, store {store.url}"
         )
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the topology and policy from the config file and push them
+        (through the store, so every member's view changes within one update)."""
+        from pyralog.mesh import coordinator_config
+        from pyralog.mesh.tomlsection import ConfigError
+
+        assert self.registry is not None
+        try:
+            fresh = coordinator_config.load(self.config.path)
+        except ConfigError as e:
+            _log(f"reload refused, keeping the running settings: {e}")
+            return
+        if fresh.settings.network != self.config.settings.network:
+            _log("reload: [coordinator] network cannot change at runtime; ignored")
+            return
+        if await self.registry.publish_settings(fresh.settings):
+            self.settings = fresh.settings
+            self.audit("settings_changed", topology=fresh.settings.topology)
+            _log(f"reloaded topology {fresh.settings.topology!r} and policy; pushing")
+        else:
+            _log("reload: topology and policy unchanged")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -389,11 +411,19 @@ class CoordinatorService:
 async def run(config: CoordinatorConfig, stop: asyncio.Event) -> None:
     service = CoordinatorService(config)
     await service.start()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(service.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
         await service.close()
-
-
-def default_store_path(config: CoordinatorConfig) -> Path:
-    return config.base / "coordinator.db"

@@ -325,9 +325,12 @@ class MeshNode:
     async def status(self) -> dict[str, Any]:
         assert self.backend is not None
         peers = await self.backend.peers()
-        names = {}
-        if self.agent and self.agent.view:
-            names = {p["public_key"]: p for p in self.agent.view["peers"]}
+        names: dict[str, dict[str, Any]] = {}
+        if self.agent is not None:
+            if self.agent.view:
+                names = {p["public_key"]: p for p in self.agent.view["peers"]}
+            coordinator = {"node_id": "coordinator", "role": "coordinator"}
+            names[self.agent.coordinator_key] = coordinator
         return {
             **self.whoami(),
             "backend": self.backend.name,
