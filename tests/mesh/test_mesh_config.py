@@ -233,3 +233,16 @@ def test_load_reads_the_file_and_the_environment(tmp_path: Path) -> None:
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(MeshConfigError, match="not a UTF-8 text file"):
         load(tmp_path / "binary.toml", env={})
+
+
+def test_join_token_from_the_environment_wins_over_the_file() -> None:
+    text = '[interface]\nprivate_key_file = "k"\n[bootstrap]\ncoordinator_endpoint = "c:1"\ntoken = "file"\n'
+    cfg = parse(text, env={"PYRALOG_JOIN_TOKEN": " env-token\n"})
+    assert cfg.bootstrap is not None and cfg.bootstrap.token == "env-token"
+    cfg = parse(text, env={"DLOG_JOIN_TOKEN": "alias"})
+    assert cfg.bootstrap is not None and cfg.bootstrap.token == "alias"
+
+
+def test_join_token_without_a_coordinator_is_an_error() -> None:
+    with pytest.raises(MeshConfigError, match="PYRALOG_JOIN_TOKEN: a token needs a coordinator"):
+        parse('[interface]\nprivate_key_file = "k"\n', env={"PYRALOG_JOIN_TOKEN": "t"})

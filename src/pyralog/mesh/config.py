@@ -9,7 +9,8 @@ features still to come (``[dpi_evasion]``, ``[quantum_resistance]``, ``[rosenpas
 ``notices`` as not supported yet, so a file written for the whole document loads.
 
 Environment overrides, as in the document's Docker Compose example, win over the file:
-``PYRALOG_NODE_ID``, ``PYRALOG_WIREGUARD_PORT``, ``PYRALOG_CLUSTER_BOOTSTRAP`` (one or
+``PYRALOG_NODE_ID``, ``PYRALOG_WIREGUARD_PORT``, ``PYRALOG_JOIN_TOKEN``,
+``PYRALOG_CLUSTER_BOOTSTRAP`` (one or
 more ``host:port``, comma-separated), each also spelled ``DLOG_*``.
 
 ``parse`` takes the text and the environment and does no IO; ``load`` reads the file.
@@ -46,6 +47,7 @@ ENVIRONMENT = {  # variable -> what it overrides; the DLOG_ spelling is an alias
     "PYRALOG_NODE_ID": "node id",
     "PYRALOG_WIREGUARD_PORT": "[interface] listen_port",
     "PYRALOG_CLUSTER_BOOTSTRAP": "[bootstrap] coordinator_endpoint",
+    "PYRALOG_JOIN_TOKEN": "[bootstrap] token",
 }
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -209,6 +211,19 @@ def parse(
             bootstrap.cluster_id if bootstrap else None,
             bootstrap.token if bootstrap else None,
             bootstrap.token_file if bootstrap else None,
+        )
+    if "PYRALOG_JOIN_TOKEN" in overrides:
+        where = f"environment {overrides['PYRALOG_JOIN_TOKEN:name']}"
+        if bootstrap is None:
+            raise MeshConfigError(
+                f"{where}: a token needs a coordinator: set [bootstrap] coordinator_endpoint "
+                "or PYRALOG_CLUSTER_BOOTSTRAP"
+            )
+        bootstrap = Bootstrap(
+            bootstrap.coordinator_endpoints,
+            bootstrap.cluster_id,
+            overrides["PYRALOG_JOIN_TOKEN"].strip(),
+            None,  # the environment wins over the file's token and token_file
         )
     if bootstrap is not None and not bootstrap.coordinator_endpoints:
         raise MeshConfigError(f"{path}: [bootstrap] coordinator_endpoint: missing")
