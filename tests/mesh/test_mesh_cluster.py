@@ -122,7 +122,12 @@ def test_reenrolling_with_a_new_key_replaces_the_old_key(lab: MeshLab) -> None:
     b.process.wait()
     for leftover in ("node.key", "node.key.mesh.json"):
         (b.directory / leftover).unlink()
-    b2 = lab.start_node("b", token)
+    # A reusable token cannot take over an existing id (two machines, one id) ...
+    dup = lab.start_node("b", token, wait=False)
+    assert dup.process.wait(30) == 1
+    assert "belongs to another key; re-enroll it with a one-time token" in dup.output()
+    # ... a one-time token, issued for this, can.
+    b2 = lab.start_node("b", lab.token(reusable=False))
     assert lab.address_of(b2) == address
 
     def new_key_installed() -> bool:

@@ -236,7 +236,10 @@ def test_load_reads_the_file_and_the_environment(tmp_path: Path) -> None:
 
 
 def test_join_token_from_the_environment_wins_over_the_file() -> None:
-    text = '[interface]\nprivate_key_file = "k"\n[bootstrap]\ncoordinator_endpoint = "c:1"\ntoken = "file"\n'
+    text = (
+        '[interface]\nprivate_key_file = "k"\n'
+        '[bootstrap]\ncoordinator_endpoint = "c:1"\ntoken = "file"\n'
+    )
     cfg = parse(text, env={"PYRALOG_JOIN_TOKEN": " env-token\n"})
     assert cfg.bootstrap is not None and cfg.bootstrap.token == "env-token"
     cfg = parse(text, env={"DLOG_JOIN_TOKEN": "alias"})

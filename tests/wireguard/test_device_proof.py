@@ -92,3 +92,27 @@ def test_under_load_a_wrong_proof_gets_only_cookie_replies() -> None:
     net.pump()
     assert MESSAGE_RESPONSE not in [s.kind for s in net.log]
     assert b.peers == [] and b.drops["cookie_sent"] == 2
+
+
+def test_a_provisional_peer_must_convince_the_policy_on_every_initiation() -> None:
+    first, second = PresharedKey(bytes([1]) * 32), PresharedKey(bytes([2]) * 32)
+    answers: list[Admission | None] = [
+        Admission(preshared_key=first, allowed_ips=[f"{A_IP}/32"]),
+        None,  # e.g. the token was revoked meanwhile
+        Admission(preshared_key=second, allowed_ips=[f"{A_IP}/32"]),
+    ]
+    net, a, b, seen = lone_pair(None, first)
+    b.unknown_initiator_policy = lambda who: (seen.append(who), answers.pop(0))[1]
+    a.send_packet(ipv4_packet(A_IP, B_IP), 0.0)
+    net.pump()
+    assert b.get_peer(a.public_key).provisional  # type: ignore[arg-type, union-attr]
+    a.rekey(b.public_key, 10.0)  # type: ignore[arg-type]
+    net.now = 10.0
+    net.pump()
+    assert len(seen) == 2 and MESSAGE_RESPONSE not in [s.kind for s in net.log[2:]]
+    a.set_preshared_key(b.public_key, second, 20.0)  # type: ignore[arg-type]
+    a.rekey(b.public_key, 20.0)  # type: ignore[arg-type]
+    net.now = 20.0
+    net.pump()
+    assert len(seen) == 3
+    assert b.get_peer(a.public_key).preshared_key == second  # type: ignore[arg-type, union-attr]

@@ -127,16 +127,18 @@ class Agent:
         return changed
 
     async def _fail_over(self) -> None:
-        if len(self.endpoints) < 2:
-            return
-        self._endpoint_index += 1
-        endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]
-        _log(f"coordinator unreachable; trying {endpoint}")
-        change, self.applied = plan(self.applied, self._wanted(self.view))
-        if change is not None:
-            with contextlib.suppress(ConfigChangeError):
-                await self.backend.apply(change)
-        await self.backend.rekey(PublicKey.from_base64(self.coordinator_key))
+        """Move to the next coordinator endpoint (if several) and handshake afresh: the
+        coordinator there, or a restarted one here, holds no session with us."""
+        if len(self.endpoints) > 1:
+            self._endpoint_index += 1
+            endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]
+            _log(f"coordinator unreachable; trying {endpoint}")
+            change, self.applied = plan(self.applied, self._wanted(self.view))
+            if change is not None:
+                with contextlib.suppress(ConfigChangeError):
+                    await self.backend.apply(change)
+        with contextlib.suppress(Exception):
+            await self.backend.rekey(PublicKey.from_base64(self.coordinator_key))
 
     async def run(self) -> None:
         while True:

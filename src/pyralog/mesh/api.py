@@ -162,7 +162,7 @@ class CoordinatorApi:
         try:
             record = await self.service.enroll(key, node_id, port)
         except Conflict as e:
-            raise HttpError(409, str(e)) from None
+            raise HttpError(409, str(e), after=lambda: self.service.forget_refused(key)) from None
         return Response(200, await self.service.welcome(record))
 
     # -- admin --------------------------------------------------------------------------

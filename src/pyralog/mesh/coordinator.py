@@ -39,6 +39,7 @@ from pyralog.wireguard.keys import PresharedKey, PublicKey
 
 HOUSEKEEPING = 1.0
 ENROLLED_GRACE = 10.0  # a new member keeps its provisional address this long
+REFUSAL_LINGER = 1.0  # a refused enrollment's peer outlives the refusal this long
 HEALTHY_AGE = 180.0  # a handshake older than this (WireGuard rekeys every 120 s) is stale
 NO_PSK = PresharedKey(bytes(32))
 
@@ -306,7 +307,16 @@ class CoordinatorService:
             # Admitted before another coordinator (or request) used the token up.
             self._drop_provisional(key)
             raise Conflict(f"token {token.id} is {why}")
-        existed = await self.registry.node(node_id) is not None
+        existing = await self.registry.node(node_id)
+        existed = existing is not None
+        if existing is not None and existing.public_key != key.to_base64() and token.reusable:
+            # Two machines configured with one id, or a hijack attempt: only a one-time
+            # token (issued for exactly this node) may give an existing id a new key.
+            self._drop_provisional(key)
+            raise Conflict(
+                f"node id {node_id!r} belongs to another key; re-enroll it with a one-time "
+                f"token, or remove it first (pyralog-admin node remove {node_id})"
+            )
         # Before the store changes (a sync may run at once): the answer to this request
         # still goes to the provisional address and the enrollment tunnel's port, so
         # both stay for ENROLLED_GRACE (see _sync).
@@ -357,9 +367,20 @@ class CoordinatorService:
         return record
 
     def _drop_provisional(self, key: PublicKey) -> None:
-        assert self.tunnel is not None
-        if self.enrollment.finish(key) is not None and key.to_base64() not in self._members:
-            self.tunnel.apply(SetRequest(peers=[PeerChange(key, remove=True)]))
+        """Forget a refused enrollment. The peer itself goes once the refusal is sent
+        (``forget_refused``, run by the API after its answer), or else it would never
+        reach the node."""
+        self.enrollment.finish(key)
+
+    def forget_refused(self, key: PublicKey) -> None:
+        # Written is not yet sent: the netstack encrypts on its next turn and may have to
+        # retransmit, so the peer stays a moment longer.
+        def drop() -> None:
+            busy = key.to_base64() in self._members or key in self.enrollment.pending
+            if self.tunnel is not None and not busy:
+                self.tunnel.apply(SetRequest(peers=[PeerChange(key, remove=True)]))
+
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, drop)
 
     async def refresh_tokens(self) -> None:
         assert self.registry is not None

@@ -26,12 +26,14 @@ CHUNK = 65536
 
 
 class HttpError(Exception):
-    """An API call that failed: ``status`` and the server's (or our) message."""
+    """An API call that failed: ``status`` and the server's (or our) message. On the
+    server, ``after`` runs once the error answer has been sent (see ``Response``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, after: Callable[[], None] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.after = after
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Request:
 class Response:
     status: int
     body: Any = None  # JSON-serializable
+    # Runs once the answer is written (or the connection failed), then the connection
+    # closes: for a change that would cut the path the answer travels on.
+    after: Callable[[], None] | None = None
 
     def encoded(self) -> bytes:
         return b"" if self.body is None else json.dumps(self.body).encode()
@@ -107,11 +112,15 @@ async def serve_connection(
             try:
                 response = await handler(request)
             except HttpError as e:
-                response = Response(e.status, {"error": e.message})
+                response = Response(e.status, {"error": e.message}, e.after)
             except Exception as e:  # a bug or a dead dependency: answer, never hang up
                 response = Response(500, {"error": f"internal error: {type(e).__name__}: {e}"})
-            await _send(writer, conn, response)
-            if conn.our_state is h11.MUST_CLOSE:
+            try:
+                await _send(writer, conn, response)
+            finally:
+                if response.after is not None:
+                    response.after()
+            if conn.our_state is h11.MUST_CLOSE or response.after is not None:
                 return
             try:
                 conn.start_next_cycle()

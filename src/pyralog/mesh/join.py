@@ -21,6 +21,7 @@ from pyralog.mesh.enrollment import PROVISIONAL_NETWORK, provisional_address
 from pyralog.mesh.token import JoinToken, enrollment_psk, proof_key
 from pyralog.netstack.embedded import EmbeddedTunnel
 from pyralog.wireguard.config import Config, InterfaceConfig
+from pyralog.wireguard.constants import INITIATIONS_PER_SECOND
 from pyralog.wireguard.endpoint import canonical
 from pyralog.wireguard.keys import PrivateKey
 
@@ -84,13 +85,20 @@ async def enroll(
                 )
             )
             tunnel.device.set_handshake_proof(token.coordinator_key, proof_key(token.secret))
-            return await http.call(
+            welcome = await http.call(
                 lambda t=tunnel: t.open_connection(coordinator, token.api_port),
                 "POST",
                 "/v1/enroll",
                 {"node_id": node_id, "listen_port": listen_port},
                 timeout=timeout,
             )
+            # The node's own backend handshakes with the same key next. A responder drops
+            # initiations from one key that come faster than INITIATIONS_PER_SECOND (the
+            # protocol's flood limit), and enrollment can take less than that interval.
+            # Our last initiation may have been a retry just now, so wait the whole interval
+            # (twice: TAI64N timestamps are also rounded to 2**24 ns).
+            await asyncio.sleep(2 / INITIATIONS_PER_SECOND)
+            return welcome
         except http.HttpError as e:
             if e.status:
                 raise EnrollmentError(f"the coordinator refused: {e.message}") from None

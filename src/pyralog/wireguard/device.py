@@ -774,6 +774,8 @@ class Device:
             peer = self._admit(remote_static, data, endpoint, now)
             if peer is None:
                 return
+        elif peer.provisional and not self._readmit(peer, data, endpoint, now):
+            return
         hs = peer.handshake
         try:
             consume_initiation(hs, msg, chaining_key, hash_value, now)
@@ -936,6 +938,25 @@ class Device:
         peer.provisional = True
         self._event(ev.PeerAdmitted(self._wall(now), key, endpoint))
         return peer
+
+    def _readmit(self, peer: Peer, data: bytes, endpoint: Endpoint, now: float) -> bool:
+        """A provisional peer is not trusted yet: each of its initiations must convince the
+        policy again (e.g. a key that retries with another token gets that token's PSK)."""
+        policy = self.unknown_initiator_policy
+        if policy is None:
+            return True
+        cookie = self.cookie_for(endpoint, now) if self.under_load(now) else None
+        try:
+            decision = policy(UnknownInitiator(peer.public_key, endpoint, bytes(data), now, cookie))
+        except Exception:
+            self.drops["internal_error"] += 1
+            return False
+        if not isinstance(decision, Admission):
+            self._unknown_peer(peer.public_key.raw, endpoint, now)
+            return False
+        psk = decision.preshared_key
+        peer.handshake.preshared_key = psk.raw if psk is not None else bytes(32)
+        return True
 
     # -- misc --------------------------------------------------------------------------
 
