@@ -25,6 +25,7 @@ from pyralog.mesh.model import RecordError, check_node_id, check_role
 from pyralog.mesh.registry import Conflict
 from pyralog.mesh.store import StoreError
 from pyralog.mesh.topology import PeerSpec
+from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
 from pyralog.wireguard.keys import PrivateKey
 
 if TYPE_CHECKING:
@@ -173,6 +174,11 @@ class CoordinatorApi:
         endpoint = body.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RecordError("endpoint: expected HOST:PORT")
+        if endpoint:
+            try:
+                parse_endpoint(endpoint, allow_names=True)
+            except EndpointError as e:
+                raise RecordError(str(e)) from None
         record = await self.service.registry.register(
             check_node_id(body.get("node_id")),
             str(body.get("public_key", "")),

@@ -83,6 +83,10 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         raise c.error("address", str(e)) from None
     if address not in network:
         raise c.error("address", f"{address} is not inside network {network}")
+    if address == network.network_address or (
+        address.version == 4 and address == network.broadcast_address
+    ):
+        raise c.error("address", f"{address} is not a host address of {network}")
     listen_port = c.integer("listen_port", 1, 65535, 51820)
     endpoints = tuple(c.get("endpoints", list, [f"127.0.0.1:{listen_port}"]))
     for text_ep in endpoints:
@@ -122,6 +126,8 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
             net = ipaddress.ip_network(r.get("network", str, ""))
         except ValueError as e:
             raise r.error("network", f"not a network: {e}") from None
+        if net.version != network.version:
+            raise r.error("network", f"{net} is not the mesh network's IP version ({network})")
         if not net.subnet_of(network):  # type: ignore[arg-type]
             raise r.error("network", f"{net} is not inside the mesh network {network}")
         for other_name, other in regions.items():

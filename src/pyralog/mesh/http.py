@@ -3,8 +3,9 @@
 ``h11`` does the protocol (sans-IO); this module only moves bytes between it and asyncio
 streams, so the same server runs on kernel sockets, on the embedded netstack and on a
 Unix socket. Bounds, so a hostile peer costs little: headers of at most ``MAX_HEADERS``
-bytes, bodies of at most ``MAX_BODY``, ``READ_TIMEOUT`` to send a request. Anything
-malformed gets a 400 and the connection is closed.
+bytes, bodies of at most ``MAX_BODY``, ``READ_TIMEOUT`` to send a whole request (head and
+body, however slowly it trickles in). Anything malformed gets a 4xx and the connection is
+closed; a handler that fails unexpectedly gives a 500 (logged), never a dropped answer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,19 +72,24 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def _read_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:
+async def _read_event(
+    conn: h11.Connection, reader: asyncio.StreamReader, timeout: float | None = None
+) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await asyncio.wait_for(reader.read(CHUNK), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+        async with asyncio.timeout(timeout):
+            data = await reader.read(CHUNK)
         conn.receive_data(data)
 
 
-async def _send(writer: asyncio.StreamWriter, conn: h11.Connection, response: Response) -> None:
-    body = response.encoded()
+async def _send(
+    writer: asyncio.StreamWriter, conn: h11.Connection, status: int, body: bytes
+) -> None:
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
     writer.write(conn.send(h11.Data(data=body)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
@@ -97,26 +105,35 @@ async def serve_connection(
     try:
         while True:
             try:
-                event = await _read_event(conn, reader, READ_TIMEOUT)
-                if isinstance(event, h11.ConnectionClosed):
+                # One deadline for the whole request: a client trickling in a byte at a
+                # time never times out a single read.
+                async with asyncio.timeout(READ_TIMEOUT):
+                    request = await _next_request(conn, reader, peer)
+                if request is None:
                     return
-                if not isinstance(event, h11.Request):
-                    raise HttpError(400, "expected a request")
-                request = await _read_request(conn, reader, event, peer)
             except h11.RemoteProtocolError as e:
-                await _fail(writer, conn, 400, f"malformed HTTP: {e}")
+                await _fail(writer, conn, e.error_status_hint, f"malformed HTTP: {e}")
                 return
             except HttpError as e:
                 await _fail(writer, conn, e.status, e.message)
                 return
             try:
                 response = await handler(request)
+                body = response.encoded()
             except HttpError as e:
                 response = Response(e.status, {"error": e.message}, e.after)
+                body = response.encoded()
             except Exception as e:  # a bug or a dead dependency: answer, never hang up
+                print(
+                    f"pyralog http: {request.method} {request.path} failed:\n"
+                    + traceback.format_exc().rstrip(),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 response = Response(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+                body = response.encoded()
             try:
-                await _send(writer, conn, response)
+                await _send(writer, conn, response.status, body)
             finally:
                 if response.after is not None:
                     response.after()
@@ -134,19 +151,36 @@ async def serve_connection(
             await writer.wait_closed()
 
 
+async def _next_request(
+    conn: h11.Connection, reader: asyncio.StreamReader, peer: tuple[str, int] | None
+) -> Request | None:
+    """The next whole request, head and body; None if the client closed instead."""
+    event = await _read_event(conn, reader)
+    if isinstance(event, h11.ConnectionClosed):
+        return None
+    if not isinstance(event, h11.Request):
+        raise HttpError(400, "expected a request")
+    return await _read_request(conn, reader, event, peer)
+
+
 async def _read_request(
     conn: h11.Connection,
     reader: asyncio.StreamReader,
     event: h11.Request,
     peer: tuple[str, int] | None,
 ) -> Request:
+    # h11 bounds only a head that arrives in pieces; one that came in a single read
+    # (up to CHUNK bytes) is checked here.
+    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    if size > MAX_HEADERS:
+        raise HttpError(431, f"request headers over {MAX_HEADERS} bytes")
     headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         raise HttpError(413, f"request body over {MAX_BODY} bytes")
     body = bytearray()
     while True:
-        part = await _read_event(conn, reader, READ_TIMEOUT)
+        part = await _read_event(conn, reader)
         if isinstance(part, h11.Data):
             body += part.data
             if len(body) > MAX_BODY:
@@ -166,7 +200,7 @@ async def _fail(
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     with contextlib.suppress(Exception):
-        await _send(writer, conn, Response(status, {"error": message}))
+        await _send(writer, conn, status, Response(status, {"error": message}).encoded())
 
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -183,7 +217,8 @@ async def call(
 ) -> Any:
     """One request on a new connection; the decoded JSON answer, or HttpError."""
     try:
-        return await asyncio.wait_for(_call(opener, method, path, body, host), timeout)
+        async with asyncio.timeout(timeout):
+            return await _call(opener, method, path, body, host)
     except TimeoutError:
         raise HttpError(0, f"{method} {path}: no answer within {timeout:g} s") from None
     except (ConnectionError, OSError) as e:
@@ -202,7 +237,12 @@ async def _call(opener: Opener, method: str, path: str, body: Any, host: str) ->
         writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
-        response = await _read_event(conn, reader, 3600.0)
+        try:
+            response = await _read_event(conn, reader, 3600.0)
+        except h11.RemoteProtocolError:
+            if conn.trailing_data == (b"", True):  # closed before a byte of an answer
+                raise HttpError(0, f"{method} {path}: the server closed the connection") from None
+            raise
         if not isinstance(response, h11.Response):
             raise HttpError(0, f"{method} {path}: the server closed the connection")
         payload = bytearray()

@@ -90,8 +90,11 @@ class SqliteStore:
         current = self._revision()
         if current > after:
             return current
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that arrives as the event is set, and the caller's task would never end.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         return self._revision()
 
     async def close(self) -> None:

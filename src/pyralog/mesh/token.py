@@ -18,17 +18,21 @@ values, never the secret, so a leaked store does not yield usable token text.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
-from pyralog.wireguard.keys import InvalidKeyError, PresharedKey, PublicKey
+from pyralog.wireguard.keys import InvalidKeyError, PresharedKey, PublicKey, is_low_order
 
 PREFIX = "pyralog-join-1."
 SECRET_SIZE = 32
 MAX_TEXT = 4096  # a token is ~200 characters; anything far longer is not one
+# base64url without padding; the decoder would otherwise skip other characters silently.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenError(ValueError):
@@ -90,9 +94,12 @@ class JoinToken:
             raise TokenError(f"token is {len(text)} characters long; not a join token")
         if not text.startswith(PREFIX):
             raise TokenError(f"not a join token (it must start with {PREFIX!r})")
+        encoded = text[len(PREFIX) :]
+        if not _BASE64URL.fullmatch(encoded) or len(encoded) % 4 == 1:
+            raise TokenError("join token is not valid base64url")
         try:
-            body = base64.urlsafe_b64decode(text[len(PREFIX) :] + "=" * (-len(text) % 4))
-        except ValueError:
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (ValueError, binascii.Error):
             raise TokenError("join token is not valid base64url") from None
         try:
             return cls._unpack(body)
@@ -116,6 +123,8 @@ class JoinToken:
             key = PublicKey(take(32))
         except InvalidKeyError as e:
             raise TokenError(f"join token: coordinator key: {e}") from None
+        if is_low_order(key.raw):
+            raise TokenError("join token: coordinator key is a low-order point (not a key)")
         addr_len = take(1)[0]
         if addr_len not in (4, 16):
             raise TokenError("join token: coordinator address is neither IPv4 nor IPv6")
