@@ -53,7 +53,7 @@ class Request:
             return {}
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: no JSON
             raise HttpError(400, "request body is not JSON") from None
 
 
@@ -264,7 +264,7 @@ async def _call(opener: Opener, method: str, path: str, body: Any, host: str) ->
             await writer.wait_closed()
     try:
         decoded = json.loads(payload) if payload else None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HttpError(response.status_code, "answer is not JSON") from None
     if response.status_code >= 400:
         message = decoded.get("error") if isinstance(decoded, dict) else None
