@@ -229,7 +229,7 @@ def test_request_json_directly() -> None:
     assert request(b"").json() == {}
     assert request(b'{"a": 1}').json() == {"a": 1}
     assert request(b"7").json() == 7
-    for bad in (b"{", b"\x80", b"nan?"):
+    for bad in (b"{", b"\x80", b"nan?", b"[" * 100_000 + b"]" * 100_000):
         with pytest.raises(HttpError) as info:
             request(bad).json()
         assert info.value.status == 400
@@ -407,7 +407,7 @@ def test_an_unexpected_handler_exception_is_a_500_not_an_escape() -> None:
             with pytest.raises(HttpError) as info:
                 await call(server.opener(), "GET", "/boom")
             assert info.value.status == 500
-            assert "the store is down" not in info.value.message  # no internals leak out
+            assert info.value.message.startswith("internal error: RuntimeError")
             assert await call(server.opener(), "GET", "/ok") == {"ok": True}
             await server.settle(2)
 
@@ -476,6 +476,11 @@ async def call_error(opener: Callable[[], Any], timeout: float = 2.0) -> HttpErr
         (b"", 0, "closed the connection"),
         (b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"cut', 0, "GET /v1/status"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, "not JSON"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"[" * 200_000,
+            200,
+            "not JSON",
+        ),
         (b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\n{}", 503, "HTTP 503"),
         (
             b'HTTP/1.1 409 Conflict\r\nContent-Length: 18\r\n\r\n{"error": "taken"}',
