@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-import pytest
-
 from pyralog.link.control import PeerChange, SetRequest
 from pyralog.mesh.agent import Agent
 from pyralog.mesh.diff import Wanted, plan
@@ -179,11 +177,5 @@ def test_the_agent_peers_with_the_coordinator_at_its_endpoint() -> None:
     assert coordinator_change("127.0.0.1:51820").endpoint == ("127.0.0.1", 51820)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: nothing resolves host names before plan(), so a coordinator endpoint "
-    "given by name ([bootstrap] coordinator_endpoint, coordinator.toml endpoints) never "
-    "reaches the backend and the agent cannot reach the coordinator",
-)
 def test_the_agent_peers_with_a_coordinator_named_by_host_name() -> None:
     assert coordinator_change("localhost:51820").endpoint == ("127.0.0.1", 51820)

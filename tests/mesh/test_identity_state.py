@@ -99,3 +99,30 @@ def test_unusable_state_files_are_named(tmp_path: Path, content: str, words: str
         NodeState.load(path)
     message = str(info.value)
     assert message.startswith(str(path)) and words in message and "re-enroll" in message
+
+
+def test_a_hub_forwards_only_between_members_the_policy_links() -> None:
+    import ipaddress as ip
+
+    from pyralog.mesh.identity import Directory
+    from pyralog.mesh.policy import Policy
+
+    d = Directory()
+    members = [
+        ("n1", "10.0.0.2", "node"),
+        ("c1", "10.0.0.3", "client"),
+        ("c2", "10.0.0.4", "client"),
+    ]
+    d.update(
+        [{"node_id": i, "address": a, "role": r, "public_key": "k"} for i, a, r in members],
+        Policy.default(),
+        "node",
+    )
+
+    def packed(text: str) -> bytes:
+        return ip.ip_address(text).packed
+
+    assert d.may_forward(packed("10.0.0.3"), packed("10.0.0.2"))  # client -> node
+    assert d.may_forward(packed("10.0.0.2"), packed("10.0.0.3"))  # and back
+    assert not d.may_forward(packed("10.0.0.3"), packed("10.0.0.4"))  # client -> client
+    assert not d.may_forward(packed("10.0.0.9"), packed("10.0.0.2"))  # stranger

@@ -56,6 +56,16 @@ def test_hub_and_spoke_spokes_reach_each_other_through_the_hub(labs) -> None:
     # Cryptokey routing plus the directory still name the real caller behind the hub.
     assert answer["answer"]["you"]["node_id"] == "s1"
     assert lab.probe(s2, lab.address_of(s1))["ok"]
+    # Two clients on spokes: each reaches a node through the hub (whose identity
+    # service then refuses the client's role), but never the other client.
+    c1 = lab.start_node("c1", lab.token(role="client"))
+    c2 = lab.start_node("c2", lab.token(role="client"))
+    lab.wait_peers(c1, {"hub", "coordinator"})
+    lab.wait_peers(hub, {"s1", "s2", "c1", "c2", "coordinator"})
+    to_node = lab.probe(c1, lab.address_of(s1))
+    assert to_node["status"] == 403, to_node  # delivered, then refused by policy
+    to_client = lab.probe(c1, lab.address_of(c2), timeout=2)
+    assert not to_client["ok"] and to_client["status"] == 0, to_client  # no path at all
 
 
 def test_regions_connect_through_their_gateways(labs) -> None:

@@ -502,11 +502,6 @@ def test_store_basics(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: public-key uniqueness is checked by a scan, not a compare-and-set, "
-    "so two ids registered with one key at the same time can both win",
-)
 def test_racing_one_key_under_two_ids_keeps_one(tmp_path: Path) -> None:
     async def main() -> None:
         stores, registries = racing(tmp_path)

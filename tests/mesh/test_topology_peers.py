@@ -280,8 +280,10 @@ def test_no_two_peers_of_a_member_carry_the_same_allowed_ips(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="design question (reported): a hub / gateway route covers the whole network or "
-    "region, so a client can reach another client through a forwarding hub",
+    reason="by design: a hub's / gateway's route covers the whole network or region, so "
+    "the topology alone gives a client a route towards another client; the forwarding "
+    "hub enforces the policy instead (Directory.may_forward; embedded backend only, see "
+    "docs/MESH.md) -- tests/mesh/test_mesh_topologies.py checks the path is closed",
 )
 @pytest.mark.parametrize("kind, extra", TOPOLOGIES[1:])
 def test_a_client_has_no_route_to_another_client(kind: str, extra: dict[str, object]) -> None:

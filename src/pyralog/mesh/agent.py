@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pyralog.mesh.backend import Backend
 from pyralog.mesh.diff import Wanted, plan
 from pyralog.mesh.identity import Directory
 from pyralog.mesh.policy import MeshSettings
+from pyralog.mesh.resolve import Resolver
 from pyralog.mesh.topology import PeerSpec, host_network
 from pyralog.wireguard.keys import PublicKey
 
@@ -62,6 +64,7 @@ class Agent:
         self.on_view = on_view
         self.role = role
         self.applied: dict[str, Wanted] = {}
+        self.resolver = Resolver()
         self.view: dict[str, Any] | None = None
         self.digest: str | None = None
         self.updates = 0  # views applied
@@ -78,7 +81,8 @@ class Agent:
             COORDINATOR_KEEPALIVE,
         )
 
-    def _wanted(self, view: dict[str, Any] | None) -> list[Wanted]:
+    async def _wanted(self, view: dict[str, Any] | None) -> list[Wanted]:
+        """What the backend should hold, with every endpoint resolved to an address."""
         wanted = {w.public_key: w for w in self.static}
         if view is not None:
             for raw in view["peers"]:
@@ -88,11 +92,14 @@ class Agent:
                         spec.public_key, spec.endpoint, spec.allowed_ips
                     )
         wanted[self.coordinator_key] = self._coordinator_wanted()
-        return list(wanted.values())
+        return [
+            dataclasses.replace(w, endpoint=await self.resolver.resolve(w.endpoint))
+            for w in wanted.values()
+        ]
 
     async def apply_view(self, view: dict[str, Any] | None) -> bool:
         """Bring the backend to ``view``'s peers; True if anything changed."""
-        change, applied = plan(self.applied, self._wanted(view))
+        change, applied = plan(self.applied, await self._wanted(view))
         if view is not None:
             settings = MeshSettings.from_json(view["settings"])
             self.directory.update(view["directory"], settings.policy, self.role)
@@ -133,7 +140,7 @@ class Agent:
             self._endpoint_index += 1
             endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]
             _log(f"coordinator unreachable; trying {endpoint}")
-            change, self.applied = plan(self.applied, self._wanted(self.view))
+            change, self.applied = plan(self.applied, await self._wanted(self.view))
             if change is not None:
                 with contextlib.suppress(ConfigChangeError):
                     await self.backend.apply(change)

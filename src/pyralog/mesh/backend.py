@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,8 +68,11 @@ class Backend(Protocol):
 
     async def rekey(self, peer: PublicKey) -> None: ...
 
-    async def set_forwarding(self, on: bool) -> None:
-        """Route packets between peers (a hub or gateway does)."""
+    async def set_forwarding(
+        self, on: bool, allow: Callable[[bytes, bytes], bool] | None = None
+    ) -> None:
+        """Route packets between peers (a hub or gateway does); ``allow(source,
+        destination)`` may refuse some (the embedded backend applies it)."""
         ...
 
     async def peers(self) -> list[PeerStatus]: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyralog.link.control import SetRequest
 from pyralog.mesh.backend import BackendSpec, PeerStatus
 from pyralog.net.embedded import EmbeddedNetwork
@@ -50,8 +52,11 @@ class EmbeddedBackend:
     async def rekey(self, peer: PublicKey) -> None:
         self.tunnel.rekey(peer)
 
-    async def set_forwarding(self, on: bool) -> None:
+    async def set_forwarding(
+        self, on: bool, allow: Callable[[bytes, bytes], bool] | None = None
+    ) -> None:
         self.tunnel.forwarding = on
+        self.tunnel.forward_filter = allow
 
     async def peers(self) -> list[PeerStatus]:
         device = self.tunnel.device

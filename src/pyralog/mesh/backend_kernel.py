@@ -279,7 +279,8 @@ class KernelBackend:
         )
         await self.apply(SetRequest(peers=[PeerChange(peer, remove=True), again]))
 
-    async def set_forwarding(self, on: bool) -> None:
+    async def set_forwarding(self, on: bool, allow: object = None) -> None:
+        # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
         from pyralog.mesh.backend_userspace import _set_forwarding
 
         await asyncio.to_thread(_set_forwarding, on)

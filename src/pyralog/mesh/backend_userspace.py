@@ -145,7 +145,8 @@ class UserspaceBackend:
         )
         await self.apply(SetRequest(peers=[PeerChange(peer, remove=True), again]))
 
-    async def set_forwarding(self, on: bool) -> None:
+    async def set_forwarding(self, on: bool, allow: object = None) -> None:
+        # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
         await self._run(_set_forwarding, on)
 
     async def peers(self) -> list[PeerStatus]:

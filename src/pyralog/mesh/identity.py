@@ -45,6 +45,14 @@ class Directory:
             return None
         return self._by_address.get(ip)
 
+    def may_forward(self, source: bytes, destination: bytes) -> bool:
+        """May a hub pass a packet between these two members (packed addresses)? Only
+        between members whose roles the policy links: a client's route through a hub
+        reaches the nodes it may, never another client."""
+        a = self._by_address.get(ipaddress.ip_address(source))
+        b = self._by_address.get(ipaddress.ip_address(destination))
+        return a is not None and b is not None and self.policy.linked(a.role, b.role)
+
     def permits(self, address: str, port: int) -> bool:
         """May the member at ``address`` open ``port`` on this node?"""
         member = self.lookup(address)

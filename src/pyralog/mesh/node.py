@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -33,6 +34,7 @@ from pyralog.mesh.diff import Wanted
 from pyralog.mesh.identity import Directory
 from pyralog.mesh.join import enroll
 from pyralog.mesh.keyfile import load_or_create
+from pyralog.mesh.resolve import Resolver
 from pyralog.mesh.state import NodeState
 from pyralog.mesh.token import JoinToken, TokenError
 from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
@@ -203,7 +205,12 @@ class MeshNode:
         else:
             from pyralog.mesh.diff import plan
 
-            change, _ = plan({}, self._static_peers())
+            resolver = Resolver()
+            static = [
+                dataclasses.replace(w, endpoint=await resolver.resolve(w.endpoint))
+                for w in self._static_peers()
+            ]
+            change, _ = plan({}, static)
             if change is not None:
                 await self.backend.apply(change)
         await self._serve()
@@ -251,7 +258,8 @@ class MeshNode:
             self.forwarding = hub
             what = "forwarding" if hub else "not forwarding"
             _log(f"{what} between peers ({settings['topology']})")
-            self._tasks.append(asyncio.create_task(self.backend.set_forwarding(hub)))
+            forward = self.backend.set_forwarding(hub, self.directory.may_forward)
+            self._tasks.append(asyncio.create_task(forward))
 
     async def _serve(self) -> None:
         assert self.backend is not None

@@ -25,6 +25,7 @@ from pyralog.wireguard.keys import InvalidKeyError, PublicKey
 NODES = "nodes/"
 TOKENS = "tokens/"
 ADDRESSES = "addresses/"
+KEYS = "keys/"  # hex public key -> node id: one key, one member, by compare-and-set
 SETTINGS = "settings/mesh"
 RETRIES = 20
 MAX_TTL = 366 * 86400
@@ -127,6 +128,7 @@ class Registry:
                     f"node {node_id!r} exists as role {old.role!r} region {old.region!r}; "
                     "remove it first to change that"
                 )
+            claimed = await self._claim_key(public_key, node_id)
             if old is not None:
                 record = NodeRecord(**{**old.__dict__})
                 record.public_key = public_key
@@ -151,10 +153,31 @@ class Registry:
             if await self.store.put(
                 NODES + node_id, record.to_json(), expect=entry.version if entry else 0
             ):
+                if old is not None and old.public_key != public_key:
+                    await self.store.delete(KEYS + _hex(old.public_key))
                 return record
             if old is None:  # lost a race: give the address back and try again
                 await self.store.delete(ADDRESSES + record.address)
+            if claimed:
+                await self.store.delete(KEYS + _hex(public_key))
         raise Conflict(f"node {node_id!r} changed under us too often; try again")
+
+    async def _claim_key(self, public_key: str, node_id: str) -> bool:
+        """Make ``public_key`` this node's in the store (True if this call claimed it);
+        Conflict if another node holds it."""
+        entry = await self.store.get(KEYS + _hex(public_key))
+        if entry is not None:
+            holder = entry.value.decode()
+            if holder != node_id:
+                raise Conflict(f"public key already belongs to node {holder!r}")
+            return False
+        if not await self.store.put(KEYS + _hex(public_key), node_id.encode(), expect=0):
+            entry = await self.store.get(KEYS + _hex(public_key))
+            holder = entry.value.decode() if entry else "?"
+            if holder != node_id:
+                raise Conflict(f"public key already belongs to node {holder!r}")
+            return False
+        return True
 
     async def _reserve_address(
         self, node_id: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network, nodes: list
@@ -209,6 +232,7 @@ class Registry:
         if not await self.store.delete(NODES + node_id, expect=entry.version):
             raise Conflict(f"node {node_id!r} changed while being removed; try again")
         await self.store.delete(ADDRESSES + record.address)
+        await self.store.delete(KEYS + _hex(record.public_key))
         return record
 
     # -- tokens -----------------------------------------------------------------------------
@@ -282,6 +306,10 @@ class Registry:
             if await self.store.put(TOKENS + token_id, record.to_json(), expect=entry.version):
                 return record
         raise Conflict("token changed under us too often; try again")
+
+
+def _hex(public_key: str) -> str:
+    return PublicKey.from_base64(public_key).hex()
 
 
 def _split_endpoint(text: str) -> tuple[str, int]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from pyralog.link import Link, SetRequest, Transform
 from pyralog.link.control import PeerChange
-from pyralog.netstack.routing import decrement_ttl, destination
+from pyralog.netstack.routing import decrement_ttl, destination, source
 from pyralog.netstack.stack import Stack
 from pyralog.netstack.tcp import TcpConnection
 from pyralog.netstack.transports import DatagramTransport, TcpTransport
@@ -143,6 +143,9 @@ class EmbeddedTunnel:
         self._closed = False
         # A hub forwards packets between its peers (``netstack.routing``); off by default.
         self.forwarding = False
+        # May a packet go from source to destination (packed addresses)? The mesh sets
+        # it from its role policy; None forwards everything the Device can route.
+        self.forward_filter: Callable[[bytes, bytes], bool] | None = None
         self.forwarded = 0
         self.forward_drops = 0
 
@@ -303,7 +306,11 @@ class EmbeddedTunnel:
         self._reschedule()
 
     def _forward(self, packet: bytes, now: float) -> None:
-        routed = decrement_ttl(packet) if destination(packet) is not None else None
+        dst = destination(packet)
+        routed = decrement_ttl(packet) if dst is not None else None
+        allowed = self.forward_filter
+        if routed is not None and allowed is not None and not allowed(source(packet), dst):
+            routed = None
         if routed is None:
             self.forward_drops += 1
             return

@@ -22,6 +22,11 @@ def destination(packet: bytes) -> bytes | None:
     return None
 
 
+def source(packet: bytes) -> bytes:
+    """The source address of a packet ``destination`` accepted."""
+    return packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
+
+
 def decrement_ttl(packet: bytes) -> bytes | None:
     """The packet with its TTL/hop limit one lower, or None if it must be dropped."""
     version = packet[0] >> 4
