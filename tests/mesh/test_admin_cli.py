@@ -201,3 +201,50 @@ def test_config_finds_the_socket(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert code == 0 and json.loads(capsys.readouterr().out) == []
 
     with_cli(tmp_path, body)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_client_add_writes_the_config_to_the_file_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """The client's private key exists only in this answer (the coordinator keeps none):
+    ``-o`` writes it whatever the output format, and nothing else shows it."""
+
+    async def body(service: CoordinatorService, admin: Callable[..., Awaitable[int]]) -> None:
+        conf = tmp_path / "laptop.conf"
+        capsys.readouterr()
+        flags = ["--json"] if as_json else []
+        assert await admin(*flags, "client", "add", "--name", "laptop", "-o", str(conf)) == 0
+        out, err = capsys.readouterr()
+        assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600
+        assert wgconfig.parse(conf.read_text(), str(conf)).interface.private_key is not None
+        assert f"wrote {conf} for laptop" in err
+        assert "PrivateKey" not in out
+        if as_json:
+            shown = json.loads(out)
+            assert shown["node_id"] == "laptop" and shown["output"] == str(conf)
+            assert "wg_quick" not in shown
+        else:
+            assert out == ""
+
+    with_cli(tmp_path, body)
+
+
+def test_client_add_refuses_an_existing_file_before_registering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before the request: after it, the new client's key would be lost."""
+
+    async def body(service: CoordinatorService, admin: Callable[..., Awaitable[int]]) -> None:
+        conf = tmp_path / "taken.conf"
+        conf.write_text("keep me\n")
+        capsys.readouterr()
+        assert await admin("client", "add", "--name", "phone", "-o", str(conf)) == 1
+        assert capsys.readouterr().err == (
+            f"pyralog-admin: {conf}: exists; refusing to overwrite it\n"
+        )
+        assert conf.read_text() == "keep me\n"
+        assert await admin("--json", "node", "list") == 0
+        assert "phone" not in {n["node_id"] for n in json.loads(capsys.readouterr().out)}
+
+    with_cli(tmp_path, body)

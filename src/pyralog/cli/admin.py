@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyralog.mesh import http
+from pyralog.mesh.keyfile import KeyFileError, write_secret
 
 DEFAULT_SOCKET = "coordinator.sock"
 
@@ -59,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     cadd.add_argument("--name", required=True)
     cadd.add_argument("--role", default="client", choices=["client", "admin"])
     cadd.add_argument("--region")
-    cadd.add_argument("--output", "-o", help="write the config to this file (mode 0600)")
+    cadd.add_argument(
+        "--output",
+        "-o",
+        help="write the config to this file (mode 0600); with --json, the JSON then "
+        "names the file instead of holding the config",
+    )
 
     cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action")
     cluster.add_parser("status", help="every member: address, endpoint, handshake, health")
@@ -129,8 +135,21 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _write_client_config(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """``client add -o FILE``: the config (it holds the client's private key) goes to
+    FILE, mode 0600; what is left to show names the file instead."""
+    write_secret(Path(args.output), data["wg_quick"].rstrip("\n"), force=False)
+    print(f"wrote {args.output} for {data['node_id']} at {data['address']}", file=sys.stderr)
+    shown = {k: v for k, v in data.items() if k != "wg_quick"}
+    return {**shown, "output": str(args.output)}
+
+
 def _show(args: argparse.Namespace, data: Any) -> None:
     now = time.time()
+    if args.area == "client" and args.output:
+        data = _write_client_config(args, data)
+        if not args.json:
+            return
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -183,15 +202,7 @@ def _show(args: argparse.Namespace, data: Any) -> None:
     elif args.area == "node":
         print(f"{args.action}: {data['node_id']} ({data['role']}) at {data['address']}")
     elif args.area == "client":
-        if args.output:
-            from pyralog.mesh.keyfile import write_secret
-
-            write_secret(Path(args.output), data["wg_quick"].rstrip("\n"), force=False)
-            print(
-                f"wrote {args.output} for {data['node_id']} at {data['address']}", file=sys.stderr
-            )
-        else:
-            print(data["wg_quick"], end="")
+        print(data["wg_quick"], end="")
     elif args.area == "cluster":
         c = data["coordinator"]
         print(
@@ -264,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     method, path, body = _request(args)
+    output = getattr(args, "output", None)
+    if output and os.path.lexists(output):
+        # Before the request: the coordinator keeps no copy of the client's private key.
+        print(f"pyralog-admin: {output}: exists; refusing to overwrite it", file=sys.stderr)
+        return 1
     try:
         opener = _opener(args)
         data = asyncio.run(http.call(opener, method, path, body, timeout=15.0))
@@ -275,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pyralog-admin: {e}", file=sys.stderr)
         return 1
-    _show(args, data)
+    try:
+        _show(args, data)
+    except KeyFileError as e:
+        print(f"pyralog-admin: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
