@@ -98,7 +98,12 @@ async def _send(
 async def serve_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
 ) -> None:
-    """Answer requests on one connection until the client closes it or misbehaves."""
+    """Answer requests on one connection until the client closes it or misbehaves.
+
+    Meant as a server's connection callback (``start_server``), the outermost coroutine
+    of its task. A server shutting down cancels it (a long-poll waits for minutes): it
+    then ends normally, since Python 3.11's asyncio.streams reports a cancelled
+    connection task as an error ("Exception in callback ... CancelledError")."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
     peername = writer.get_extra_info("peername")
     peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
@@ -145,6 +150,8 @@ async def serve_connection(
                 return
     except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
         return
+    except asyncio.CancelledError:
+        return  # see above: the server is closing
     finally:
         writer.close()
         with contextlib.suppress(Exception):
