@@ -3,21 +3,30 @@
 The node starts the daemon in the foreground as its child (``PYRALOG_WG_DAEMON`` names
 another UAPI daemon, e.g. ``wireguard-go``), configures keys and peers over its UAPI
 socket (``pyralog.tunnel.uapi_client``) and the interface's address, MTU and state with
-pyroute2, and gives services a ``KernelNetwork`` bound to the interface. Closing stops
-the daemon, which removes the interface.
+pyroute2, and gives services a ``KernelNetwork`` bound to the interface. What the
+daemon logs goes on to the node's own log, line by line. Closing stops the daemon,
+which removes the interface; so does the node's death, however it dies (the daemon is
+started with a parent-death signal), so a killed node leaves no interface behind to
+block its restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import IO
 
 from pyralog.link.control import PeerChange, SetRequest
 from pyralog.mesh.backend import BackendError, BackendSpec, PeerStatus
@@ -27,6 +36,23 @@ from pyralog.tunnel.uapi_client import UapiClient
 from pyralog.wireguard.keys import PublicKey
 
 START_TIMEOUT = 10.0
+GREETING_KEEPALIVE = 25  # seconds; set for a moment by ``rekey`` (see there)
+PR_SET_PDEATHSIG = 1
+
+try:  # loaded here, not in the forked child
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with(parent: int) -> None:
+    """Run in the daemon's child process before exec: SIGTERM when ``parent`` dies (the
+    thread that forked; the node starts its daemon from the event loop's thread, which
+    lives as long as the node). SIGTERM lets the daemon remove its interface."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the node died before the signal was armed
+        os._exit(1)
 
 
 def _daemon() -> list[str]:
@@ -38,6 +64,41 @@ def _daemon() -> list[str]:
         return [found, "-f"]
     local = Path(sys.executable).with_name("pyralog-wg")
     return [str(local) if local.exists() else "pyralog-wg", "-f"]
+
+
+class DaemonLog:
+    """Reads the daemon's output for as long as it runs: each line goes on to the node's
+    stderr, and the last few are kept to say why the daemon stopped. Left unread, the
+    pipe would fill (64 KiB: some 600 lines, and pyralog-wg in the foreground logs every
+    peer change and handshake) and block the daemon, and the interface, on its next line."""
+
+    KEPT = 20
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.last: deque[str] = deque(maxlen=self.KEPT)
+        self._thread = threading.Thread(
+            target=self._forward, args=(stream,), name=f"wg-log-{name}", daemon=True
+        )
+        self._thread.start()
+
+    def _forward(self, stream: IO[bytes]) -> None:
+        with stream:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode(errors="replace").rstrip()
+                if not line:
+                    continue
+                self.last.append(line)
+                with contextlib.suppress(OSError, ValueError):  # our stderr gone: drain on
+                    print(line, file=sys.stderr, flush=True)
+
+    def finish(self, timeout: float = 2.0) -> None:
+        """Wait for the rest of the output of a daemon that has exited."""
+        self._thread.join(timeout)
+
+    def reason(self) -> str:
+        """The last line that says something (not a line of wireguard-go's boxed banner)."""
+        said = [line for line in self.last if any(c.isalnum() for c in line)]
+        return said[-1].strip() if said else "no message"
 
 
 def _configure_link(spec: BackendSpec) -> None:
@@ -66,12 +127,25 @@ def _set_forwarding(on: bool) -> None:
             continue
 
 
+def _accepts(path: str) -> bool:
+    """Whether the Unix socket at ``path`` takes a connection now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class UserspaceBackend:
     name = "userspace"
 
     def __init__(self, spec: BackendSpec, process: subprocess.Popen[bytes]) -> None:
         self.spec = spec
         self.process = process
+        stream = process.stdout  # with its stderr
+        self.log = None if stream is None else DaemonLog(stream, spec.interface_name)
         self.uapi = UapiClient(os.path.join(UAPI_DIR, f"{spec.interface_name}.sock"))
         self._network: KernelNetwork | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uapi")
@@ -82,8 +156,12 @@ class UserspaceBackend:
         if os.path.exists(f"/sys/class/net/{name}"):
             raise BackendError(f"interface {name} already exists (another node running?)")
         try:
+            parent = os.getpid()
             process = subprocess.Popen(
-                [*_daemon(), name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                [*_daemon(), name],
+                stdout=subprocess.PIPE,  # wireguard-go logs on stdout, pyralog-wg on stderr
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: _die_with(parent),
             )
         except OSError as e:
             raise BackendError(f"cannot start the WireGuard daemon: {e}") from None
@@ -103,14 +181,23 @@ class UserspaceBackend:
         return backend
 
     async def _wait_for_socket(self) -> None:
+        """Until the daemon's UAPI socket takes connections: a socket file may exist a
+        moment before it listens (wireguard-go binds, then listens)."""
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.uapi.path):
+        while not await asyncio.get_running_loop().run_in_executor(
+            self._pool, _accepts, self.uapi.path
+        ):
             if self.process.poll() is not None:
-                err = (self.process.stderr.read() if self.process.stderr else b"").decode()
-                last = err.strip().splitlines()[-1:] or ["no message"]
-                raise BackendError(f"the WireGuard daemon exited: {last[0]}")
+                why = "no message"
+                if self.log is not None:
+                    await asyncio.to_thread(self.log.finish)
+                    why = self.log.reason()
+                raise BackendError(f"the WireGuard daemon exited: {why}")
             if time.monotonic() > deadline:
-                raise BackendError(f"no UAPI socket {self.uapi.path} after {START_TIMEOUT:g} s")
+                raise BackendError(
+                    f"no UAPI socket taking connections at {self.uapi.path} after "
+                    f"{START_TIMEOUT:g} s"
+                )
             await asyncio.sleep(0.05)
 
     @property
@@ -132,18 +219,30 @@ class UserspaceBackend:
             self._network.peers.refresh()  # type: ignore[attr-defined]
 
     async def rekey(self, peer: PublicKey) -> None:
-        # UAPI has no "handshake now": removing the peer and adding it back, in one
-        # atomic set, drops its session, so the next packet starts a handshake at once.
+        """Start a handshake with ``peer`` now (e.g. to greet peers after a restart).
+
+        UAPI has no "handshake now". Removing the peer and adding it back drops its
+        session; adding it with a persistent keepalive makes the daemon send a keepalive
+        at once (pyralog-wg and wireguard-go both do when the interval goes from 0 to
+        non-zero, as the kernel does), and without a session that keepalive starts a
+        handshake. A third change puts the peer's own interval back. All in one atomic
+        set, keeping the peer's endpoint, allowed IPs and preshared key. (A peer answers
+        one initiation per 20 ms: a rekey right after a handshake is dropped as a flood,
+        and then the peer has no session until WireGuard retries, 5 s later.)"""
         current = next((p for p in await self._run(self.uapi.peers) if p.public_key == peer), None)
         if current is None:
             return
         again = PeerChange(
             peer,
+            preshared_key=current.preshared_key,
             endpoint=current.endpoint,
-            persistent_keepalive=current.persistent_keepalive,
+            persistent_keepalive=current.persistent_keepalive or GREETING_KEEPALIVE,
             allowed_ips=list(current.allowed_ips),
         )
-        await self.apply(SetRequest(peers=[PeerChange(peer, remove=True), again]))
+        changes = [PeerChange(peer, remove=True), again]
+        if not current.persistent_keepalive:
+            changes.append(PeerChange(peer, update_only=True, persistent_keepalive=0))
+        await self.apply(SetRequest(peers=changes))
 
     async def set_forwarding(self, on: bool, allow: object = None) -> None:
         # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
@@ -172,8 +271,8 @@ class UserspaceBackend:
             except TimeoutError:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        if self.log is not None:
+            await asyncio.to_thread(self.log.finish)  # it closes the pipe at its end
         self._pool.shutdown(wait=False)
         if os.path.exists(f"/sys/class/net/{self.spec.interface_name}"):
             subprocess.run(

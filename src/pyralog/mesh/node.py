@@ -222,12 +222,19 @@ class MeshNode:
     async def _greet_peers(self) -> None:
         """Handshake with every peer now. After a restart our peers still hold sessions
         we forgot; without this they would send into them until WireGuard gives up on
-        them (15 s). Only where the backend can start a handshake by itself (embedded)."""
+        them (15 s). Where the backend can start a handshake (embedded: directly;
+        userspace: over UAPI, see ``UserspaceBackend.rekey``); the kernel backend's
+        rekey only drops the session.
+
+        Not the peers we already have a session with (the coordinator, reached a moment
+        ago): a second initiation so soon (a peer answers one per 20 ms) would be
+        dropped as a flood, and our session with it, until WireGuard retries (5 s)."""
         assert self.backend is not None and self.agent is not None
-        if self.backend.name != "embedded":
+        if self.backend.name not in ("embedded", "userspace"):
             return
+        met = {p.public_key.to_base64() for p in await self.backend.peers() if p.last_handshake}
         for key, wanted in self.agent.applied.items():
-            if wanted.endpoint is not None:
+            if wanted.endpoint is not None and key not in met:
                 await self.backend.rekey(PublicKey.from_base64(key))
 
     async def _static_psks(self) -> None:

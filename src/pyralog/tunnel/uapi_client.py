@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pyralog.link.control import ConfigChangeError, SetRequest
 from pyralog.wireguard.endpoint import format_endpoint
-from pyralog.wireguard.keys import PublicKey
+from pyralog.wireguard.keys import PresharedKey, PublicKey
 
 TIMEOUT = 5.0
 
@@ -59,6 +59,7 @@ class UapiPeer:
     rx_bytes: int = 0
     tx_bytes: int = 0
     persistent_keepalive: int = 0
+    preshared_key: PresharedKey | None = None  # None: none set (the daemon says zeros)
 
 
 class UapiClient:
@@ -123,4 +124,6 @@ class UapiClient:
                 peer.tx_bytes = int(value)
             elif key == "persistent_keepalive_interval":
                 peer.persistent_keepalive = int(value)
+            elif key == "preshared_key" and value.strip("0"):
+                peer.preshared_key = PresharedKey(bytes.fromhex(value))
         return peers

@@ -25,13 +25,27 @@ class UapiListener:
         os.makedirs(directory, mode=0o755, exist_ok=True)
         self.path = os.path.join(directory, f"{name}.sock")
         self._claim_path()
+        # Bound under a temporary name and renamed once listening: whoever waits for the
+        # path to appear (a node starting its daemon, a script after `pyralog-wg -f`)
+        # must not find a socket that refuses connections. Not *.sock: `wg show all`
+        # lists those.
+        temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)  # only root (the owner) may configure the interface
         try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(16)
+            old_umask = os.umask(0o077)  # only root (the owner) may configure the interface
+            try:
+                sock.bind(temporary)
+            finally:
+                os.umask(old_umask)
+            sock.listen(16)
+            os.rename(temporary, self.path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
         sock.setblocking(False)
         self.sock = sock
         self._inode = os.stat(self.path).st_ino
