@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
 from pyralog import __version__
 
 DEFAULT_MTU = 1420
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # Runtime's handlers
 TX_QUEUE_PACKETS = 64
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -154,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         os.close(read_fd)
         os.setsid()
 
+    # A stop signal while the interface and its UAPI socket are being made is held until
+    # the handlers that clean them up are in place (then it stops the daemon at once):
+    # by default it would kill us and leave the socket file behind.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         runtime = build_runtime(name)
     except StartupError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if report_fd >= 0:
             os.write(report_fd, str(e).encode())
             os._exit(1)
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     runtime.install_signal_handlers()
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held till now stops it
     log.info("interface %s is up; UAPI socket %s", runtime.tun.name, runtime.uapi.path)
     if report_fd >= 0:
         keep_logs = bool(level_name) and level_name.lower() != "silent"
