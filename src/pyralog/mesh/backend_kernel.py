@@ -266,18 +266,25 @@ class KernelBackend:
         return port
 
     async def rekey(self, peer: PublicKey) -> None:
-        # The kernel has no "handshake now": removing the peer and adding it back drops
-        # its session, so the next packet starts a handshake at once (as for UAPI).
+        """The kernel has no "handshake now": as for UAPI (``UserspaceBackend.rekey``),
+        remove the peer and add it back with a persistent keepalive, which the kernel
+        sends at once and which, without a session, starts a handshake; then restore the
+        peer's own interval. The dump gives no preshared key back here, so a peer with a
+        PSK loses it: only the coordinator peer (which has none) is rekeyed today.
+        Untested against a real kernel (no module on these machines)."""
         current = next((p for p in await self.peers() if p.public_key == peer), None)
         if current is None:
             return
         again = PeerChange(
             peer,
             endpoint=current.endpoint,
-            persistent_keepalive=current.persistent_keepalive,
+            persistent_keepalive=current.persistent_keepalive or 1,
             allowed_ips=list(current.allowed_ips),
         )
-        await self.apply(SetRequest(peers=[PeerChange(peer, remove=True), again]))
+        changes = [PeerChange(peer, remove=True), again]
+        if not current.persistent_keepalive:
+            changes.append(PeerChange(peer, update_only=True, persistent_keepalive=0))
+        await self.apply(SetRequest(peers=changes))
 
     async def set_forwarding(self, on: bool, allow: object = None) -> None:
         # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
