@@ -6,6 +6,12 @@ token (the token's preshared key, and the token's handshake proof in mac2), and 
 ``POST /v1/enroll`` through it. A coordinator that does not accept the token never
 answers, so the only failure signal is a timeout; the error says what it can mean.
 The endpoints in the token are tried in turn.
+
+The node's backend then handshakes with the coordinator again, with the same key. The
+coordinator takes at most ``INITIATIONS_PER_SECOND`` initiations from one key and none
+whose TAI64N timestamp (16.8 ms resolution) is not later than the last one's; a second
+initiation sooner is dropped without an answer and retried only after ``REKEY_TIMEOUT``
+(5 s). So ``enroll`` returns ``NEXT_HANDSHAKE_AFTER`` after the welcome, never sooner.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from pyralog.mesh.enrollment import PROVISIONAL_NETWORK, provisional_address
 from pyralog.mesh.token import JoinToken, enrollment_psk, proof_key
 from pyralog.netstack.embedded import EmbeddedTunnel
 from pyralog.wireguard.config import Config, InterfaceConfig
+from pyralog.wireguard.constants import INITIATIONS_PER_SECOND
 from pyralog.wireguard.endpoint import canonical
 from pyralog.wireguard.keys import PrivateKey
+from pyralog.wireguard.tai64n import RESOLUTION
 
 ENROLL_TIMEOUT = 12.0  # per endpoint: two WireGuard handshake attempts and the request
+# Between the enrollment's handshake (before the welcome) and the backend's first one.
+NEXT_HANDSHAKE_AFTER = max(1.0 / INITIATIONS_PER_SECOND, RESOLUTION) + 0.005
 
 
 class EnrollmentError(Exception):
@@ -84,13 +94,15 @@ async def enroll(
                 )
             )
             tunnel.device.set_handshake_proof(token.coordinator_key, proof_key(token.secret))
-            return await http.call(
+            welcome = await http.call(
                 lambda t=tunnel: t.open_connection(coordinator, token.api_port),
                 "POST",
                 "/v1/enroll",
                 {"node_id": node_id, "listen_port": listen_port},
                 timeout=timeout,
             )
+            await asyncio.sleep(NEXT_HANDSHAKE_AFTER)  # see the module's docstring
+            return welcome
         except http.HttpError as e:
             if e.status:
                 raise EnrollmentError(f"the coordinator refused: {e.message}") from None
