@@ -127,15 +127,18 @@ class Agent:
         return changed
 
     async def _fail_over(self) -> None:
-        if len(self.endpoints) < 2:
-            return
-        self._endpoint_index += 1
-        endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]
-        _log(f"coordinator unreachable; trying {endpoint}")
-        change, self.applied = plan(self.applied, self._wanted(self.view))
-        if change is not None:
-            with contextlib.suppress(ConfigChangeError):
-                await self.backend.apply(change)
+        """No answer: move to the coordinator's next endpoint, if it has several, and
+        handshake there at once. With one endpoint too: a coordinator that restarted has
+        forgotten our session, and WireGuard would go on sending into it until its own
+        timers give up (some 15 s more, after the watch's WAIT + GRACE)."""
+        if len(self.endpoints) > 1:
+            self._endpoint_index += 1
+            endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]
+            _log(f"coordinator unreachable; trying {endpoint}")
+            change, self.applied = plan(self.applied, self._wanted(self.view))
+            if change is not None:
+                with contextlib.suppress(ConfigChangeError):
+                    await self.backend.apply(change)
         await self.backend.rekey(PublicKey.from_base64(self.coordinator_key))
 
     async def run(self) -> None:
