@@ -69,7 +69,8 @@ async def _read_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await asyncio.wait_for(reader.read(CHUNK), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: see ``call``
+            data = await reader.read(CHUNK)
         conn.receive_data(data)
 
 
@@ -172,9 +173,14 @@ async def call(
     host: str = "coordinator",
     timeout: float = 10.0,
 ) -> Any:
-    """One request on a new connection; the decoded JSON answer, or HttpError."""
+    """One request on a new connection; the decoded JSON answer, or HttpError.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` returns the answer
+    and drops the cancellation when both come in one loop iteration, and a cancelled
+    agent went on polling (so ``MeshNode.close`` never returned)."""
     try:
-        return await asyncio.wait_for(_call(opener, method, path, body, host), timeout)
+        async with asyncio.timeout(timeout):
+            return await _call(opener, method, path, body, host)
     except TimeoutError:
         raise HttpError(0, f"{method} {path}: no answer within {timeout:g} s") from None
     except (ConnectionError, OSError) as e:

@@ -91,7 +91,8 @@ class SqliteStore:
         if current > after:
             return current
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for may drop a cancellation (3.11)
+                await self._changed.wait()
         return self._revision()
 
     async def close(self) -> None:
