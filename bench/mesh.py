@@ -69,6 +69,7 @@ HOST = "127.0.0.1"
 NETWORK = "10.77.0.0/16"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
+TMP_PREFIX = "pyralog-mesh-bench-"  # temporary directories: /tmp/pyralog-mesh-bench-<pid>-XXXX
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,24 @@ class Processes:
 
 class BenchError(RuntimeError):
     pass
+
+
+def stale_owner(name: str, prefix: str = TMP_PREFIX) -> int | None:
+    """The pid in a temporary directory's name (``TMP_PREFIX<pid>-XXXX``), or None."""
+    if not name.startswith(prefix):
+        return None
+    pid, _, rest = name[len(prefix) :].partition("-")
+    return int(pid) if pid.isdigit() and rest else None
+
+
+def reap_stale_directories() -> None:
+    """Remove what a run killed outright (SIGKILL: no clean-up) left in the temp dir.
+    Its processes ended with it (PR_SET_PDEATHSIG); only their directories stay."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        pid = stale_owner(path.name)
+        if pid is None or pid == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -635,13 +654,16 @@ async def _reports(agent: Agent, phase: float) -> None:
 
 
 async def stop_sims(sims: list[Sim]) -> None:
-    for sim in sims:
-        for task in sim.tasks:
+    pending = {task for sim in sims for task in sim.tasks}
+    for _ in range(3):  # bounded, and cancelled again: a lost cancellation cannot hang us
+        if not pending:
+            break
+        for task in pending:
             task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=2.0)
+    if pending:
+        log(f"   {len(pending)} agent tasks did not stop when cancelled")
     for sim in sims:
-        for task in sim.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         with contextlib.suppress(Exception):
             await sim.tunnel.close()
 
@@ -928,7 +950,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     machine = machine_info()
-    root = Path(tempfile.mkdtemp(prefix="pyralog-mesh-bench-"))
+    reap_stale_directories()
+    root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     procs = Processes()
 
     def terminate(signum: int, _frame: Any) -> None:
@@ -941,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         log(f"mesh benchmark failed: {e}")
         return 1
+    except KeyboardInterrupt:
+        log("mesh benchmark interrupted; its processes are stopped")
+        return 130
     finally:
         procs.stop_all()
         shutil.rmtree(root, ignore_errors=True)

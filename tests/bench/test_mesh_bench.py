@@ -12,6 +12,7 @@ from mesh import (
     fmt_ms,
     parse_event,
     per_minute,
+    stale_owner,
     start_stages,
     stat_cpu_seconds,
     table,
@@ -144,3 +145,11 @@ def test_quick_mode_is_smaller_but_keeps_the_idle_window() -> None:
     assert (full.start_runs, full.changes) == (5, 5)
     assert quick.agents == full.agents == 50
     assert quick.idle_window == full.idle_window == 10.0
+
+
+def test_stale_owner_reads_the_pid_of_our_directories_only() -> None:
+    assert stale_owner("pyralog-mesh-bench-4242-abc123") == 4242
+    assert stale_owner("pyralog-mesh-bench-abc123") is None  # no pid: not ours to judge
+    assert stale_owner("pyralog-mesh-bench-4242") is None
+    assert stale_owner("pyralog-mesh-7phn3454") is None  # the test suite's MeshLab
+    assert stale_owner("bn-bench-x-4242-abc") is None
