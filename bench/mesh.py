@@ -17,13 +17,16 @@
 2. **Membership change → 50 nodes.** A second coordinator and 50 simulated members in
    this one process: each is a real WireGuard member (an ``EmbeddedTunnel`` with its own
    key, added with ``POST /v1/nodes`` on the admin socket) running the node's own
-   ``Agent`` (long-poll ``GET /v1/mesh?wait=10&since=VIEW`` over its tunnel, and the
-   10 s status report) on an ``EmbeddedBackend``. We add a member, later remove it, on
-   the admin socket and time, for each agent, from just before the admin call until its
-   applied peer set has (or no longer has) that member. Baseline, same run: one
-   ``GET /v1/mesh?wait=0`` round trip over an agent's tunnel, while the 50 long-polls
-   are parked. Also the coordinator's CPU (``/proc/PID/stat``) over an idle window,
-   without members and with the 50.
+   ``Agent`` (long-poll ``GET /v1/mesh?wait=10&since=VIEW`` over its tunnel) on an
+   ``EmbeddedBackend``. We add a member, later remove it, on the admin socket and time,
+   for each agent, from just before the admin call until its applied peer set has (or no
+   longer has) that member: first with the agents just started, then in the running
+   cluster's state, once every agent runs the node's 10 s status report (spread over the
+   period, as nodes started at different times) and every member's record holds one.
+   Baseline, same run: one ``GET /v1/mesh?wait=0`` round trip over an agent's tunnel
+   while the long-polls are parked and no report has been made. Also the coordinator's
+   CPU (``/proc/PID/stat``) over idle windows: without members, with the 50 reporting,
+   with their long-polls alone.
 
     .venv/bin/python bench/mesh.py [--quick] [--out FILE.json]
 
@@ -81,13 +84,14 @@ class Settings:
     changes: int  # membership changes of each kind (add, remove)
     rtt_samples: int
     idle_window: float  # seconds, with the agents (one long-poll and report period)
+    polls_only_window: float  # seconds, the agents' long-polls without their reports
     empty_window: float  # seconds, the coordinator without members
 
     @classmethod
     def for_mode(cls, quick: bool, agents: int = 50) -> Settings:
         if quick:
-            return cls(True, 2, 3, agents, 2, 10, 10.0, 3.0)
-        return cls(False, 5, 5, agents, 5, 30, 10.0, 5.0)
+            return cls(True, 2, 3, agents, 2, 10, 10.0, 10.0, 3.0)
+        return cls(False, 5, 5, agents, 5, 30, 10.0, 10.0, 5.0)
 
 
 # -- pure helpers (tests/bench/test_mesh_bench.py) ------------------------------------------
@@ -601,6 +605,7 @@ class Sim:
     tunnel: EmbeddedTunnel
     agent: Agent
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    reports: asyncio.Task[None] | None = None
     watch: tuple[str, bool] | None = None  # (public key, wanted present)
     seen_at: float | None = None
     last_view_at: float = 0.0
@@ -638,19 +643,43 @@ async def start_sims(coord: Coordinator, n: int) -> list[Sim]:
         agent.on_view = sim.on_view
         await agent.apply_view(None)  # the coordinator as the one peer, as a node starts
         sims.append(sim)
-    for i, sim in enumerate(sims):  # as MeshNode.start: the watch and the status report
-        # Real nodes start at unrelated times: their reports are spread over the period.
-        phase = i * REPORT_EVERY / len(sims)
-        sim.tasks = [
-            asyncio.create_task(sim.agent.run()),
-            asyncio.create_task(_reports(sim.agent, phase)),
-        ]
+    for sim in sims:  # as MeshNode.start: the watch (the reports: start_reports)
+        sim.tasks = [asyncio.create_task(sim.agent.run())]
     return sims
+
+
+def start_reports(sims: list[Sim]) -> None:
+    """Each agent's 10 s status report, as a node runs it. Real nodes start at unrelated
+    times: the reports are spread evenly over the period."""
+    for i, sim in enumerate(sims):
+        phase = i * REPORT_EVERY / len(sims)
+        sim.reports = asyncio.create_task(_reports(sim.agent, phase))
+        sim.tasks.append(sim.reports)
+
+
+def stop_reports(sims: list[Sim]) -> None:
+    for sim in sims:
+        if sim.reports is not None:
+            sim.reports.cancel()
 
 
 async def _reports(agent: Agent, phase: float) -> None:
     await asyncio.sleep(phase)
     await agent.report_loop()
+
+
+async def until_reported(coord: Coordinator, sims: list[Sim], timeout: float = 60.0) -> float:
+    """Until the coordinator holds a report from every agent (a running cluster's state:
+    the report is part of the member's record); the seconds that took."""
+    t0 = time.perf_counter()
+    ids = {sim.node_id for sim in sims}
+    while True:
+        nodes = await coord.admin("GET", "/v1/nodes")
+        if all(n.get("reported_at") for n in nodes if n["node_id"] in ids):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise BenchError(f"not every agent reported within {timeout:g} s")
+        await asyncio.sleep(0.5)
 
 
 async def stop_sims(sims: list[Sim]) -> None:
@@ -684,15 +713,15 @@ async def change(
     sims: list[Sim],
     key: str,
     present: bool,
-    call: Callable[[], Any],
+    admin: tuple[str, str, Any],  # the admin call making the change: method, target, body
     timeout: float = 15.0,  # a long-poll's wait (10 s) and then some
 ) -> dict[str, Any]:
     for sim in sims:
         sim.watch, sim.seen_at = (key, present), None
     cpu0 = cpu_seconds(coord.pid)
     t0 = time.perf_counter()
-    await call()
-    admin = time.perf_counter() - t0
+    await coord.admin(*admin)
+    admin_call = time.perf_counter() - t0
     with contextlib.suppress(BenchError):  # an agent that never sees it is counted, below
         await until(lambda: all(s.seen_at is not None for s in sims), timeout, "", 0.002)
     for sim in sims:
@@ -702,7 +731,7 @@ async def change(
     return {
         **distribution(times),
         "missed": len(sims) - len(times),
-        "admin_call": admin,
+        "admin_call": admin_call,
         "coordinator_cpu": cpu,
         "times": times,
     }
@@ -730,6 +759,41 @@ async def cpu_window(pid: int, seconds: float) -> dict[str, float | None]:
     }
 
 
+async def run_changes(
+    coord: Coordinator, sims: list[Sim], count: int, tag: str
+) -> dict[str, list[dict[str, Any]]]:
+    """``count`` times: add a member, then remove it, each timed at every agent."""
+    runs: dict[str, list[dict[str, Any]]] = {"add": [], "remove": []}
+    for r in range(count):
+        await asyncio.sleep(1.0)  # every agent parked in its next long-poll
+        node_id = f"change-{tag}-{r}"
+        key = PrivateKey.generate().public_key.to_base64()
+        body = {"node_id": node_id, "public_key": key, "endpoint": f"{HOST}:9"}
+        add = await change(coord, sims, key, True, ("POST", "/v1/nodes", body))
+        await asyncio.sleep(1.0)
+        remove = await change(coord, sims, key, False, ("DELETE", f"/v1/nodes/{node_id}", None))
+        runs["add"].append(add)
+        runs["remove"].append(remove)
+        log(
+            f"   {tag} {r + 1}/{count}: add p50 {fmt_ms(add['p50'])} max {fmt_ms(add['max'])} "
+            f"ms; remove p50 {fmt_ms(remove['p50'])} max {fmt_ms(remove['max'])} ms"
+        )
+    return runs
+
+
+def summarize_changes(runs: list[dict[str, Any]], rtt_p50: float | None) -> dict[str, Any]:
+    pooled = [t for run in runs for t in run["times"]]
+    summary = distribution(pooled)
+    return {
+        "pooled": summary,
+        "per_change": [{k: v for k, v in run.items() if k != "times"} for run in runs],
+        "per_change_max": spread([run["max"] for run in runs]),
+        "coordinator_cpu_per_change": spread([run["coordinator_cpu"] for run in runs]),
+        "ratio_to_rtt": {k: ratio(summary[k], rtt_p50) for k in ("p50", "p95", "max")},
+        "times": [run["times"] for run in runs],
+    }
+
+
 async def bench_propagation(procs: Processes, root: Path, settings: Settings) -> dict[str, Any]:
     log(f"2. membership change -> {settings.agents} agents")
     coord = await start_coordinator(procs, root / "coordinator-2")
@@ -739,63 +803,41 @@ async def bench_propagation(procs: Processes, root: Path, settings: Settings) ->
     try:
         await settle(sims)
         log(f"   {len(sims)} agents long-polling after {time.perf_counter() - t0:.1f} s")
+        # A: before any report (small records, no report traffic): the fan-out alone.
+        fresh_rtt = await mesh_rtt(sims, settings.rtt_samples)
+        fresh = await run_changes(coord, sims, settings.changes, "before-reports")
+        # B: the running cluster: every agent reports every 10 s, every record holds one.
+        start_reports(sims)
+        took = await until_reported(coord, sims)
+        log(f"   every agent reported after {took:.1f} s")
         rtt = await mesh_rtt(sims, settings.rtt_samples)
-        adds, removes = [], []
-        for r in range(settings.changes):
-            await asyncio.sleep(1.0)  # every agent parked in its next long-poll
-            node_id = f"change-{r}"
-            key = PrivateKey.generate().public_key.to_base64()
-            body = {"node_id": node_id, "public_key": key, "endpoint": f"{HOST}:9"}
-            adds.append(
-                await change(
-                    coord, sims, key, True, lambda b=body: coord.admin("POST", "/v1/nodes", b)
-                )
-            )
-            await asyncio.sleep(1.0)
-            removes.append(
-                await change(
-                    coord,
-                    sims,
-                    key,
-                    False,
-                    lambda n=node_id: coord.admin("DELETE", f"/v1/nodes/{n}"),
-                )
-            )
-            log(
-                f"   change {r + 1}/{settings.changes}: add p50 {fmt_ms(adds[-1]['p50'])} max "
-                f"{fmt_ms(adds[-1]['max'])} ms; remove p50 {fmt_ms(removes[-1]['p50'])} max "
-                f"{fmt_ms(removes[-1]['max'])} ms"
-            )
+        steady = await run_changes(coord, sims, settings.changes, "reporting")
         await asyncio.sleep(1.0)
         idle = await cpu_window(coord.pid, settings.idle_window)
-        for sim in sims:  # what the long-polls cost alone: no reports
-            sim.tasks[1].cancel()
+        stop_reports(sims)  # what the long-polls cost alone (the records keep their report)
         await asyncio.sleep(1.0)
-        polls_only = await cpu_window(coord.pid, settings.idle_window)
+        polls_only = await cpu_window(coord.pid, settings.polls_only_window)
         failures = sum(s.agent.failures for s in sims)
     finally:
         await stop_sims(sims)
         procs.stop(coord.child)
 
-    rtt_stats = distribution(rtt)
-    out: dict[str, Any] = {
+    # The reference: one round trip while the coordinator is not busy (before any report).
+    reference = percentile(fresh_rtt, 50)
+
+    def phase(rtts: list[float], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        return {
+            "mesh_call_rtt": {**distribution(rtts), "median": median(rtts), "times": rtts},
+            **{name: summarize_changes(v, reference) for name, v in runs.items()},
+        }
+
+    return {
         "agents": settings.agents,
-        "mesh_call_rtt": {**rtt_stats, "median": median(rtt), "times": rtt},
+        "reporting": phase(rtt, steady),
+        "before_reports": phase(fresh_rtt, fresh),
         "idle": {"no_members": empty, "agents": idle, "agents_without_reports": polls_only},
         "agent_failures": failures,
     }
-    for name, runs in (("add", adds), ("remove", removes)):
-        pooled = [t for run in runs for t in run["times"]]
-        summary = distribution(pooled)
-        out[name] = {
-            "pooled": summary,
-            "per_change": [{k: v for k, v in run.items() if k != "times"} for run in runs],
-            "per_change_max": spread([run["max"] for run in runs]),
-            "coordinator_cpu_per_change": spread([run["coordinator_cpu"] for run in runs]),
-            "ratio_to_rtt": {k: ratio(summary[k], rtt_stats["p50"]) for k in ("p50", "p95", "max")},
-            "times": [run["times"] for run in runs],
-        }
-    return out
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -870,30 +912,35 @@ def render(results: dict[str, Any]) -> str:
         ]
     p = results.get("propagation")
     if p:
-        rtt = p["mesh_call_rtt"]
         lines += [
             f"2. Membership change -> {p['agents']} agents (ms from just before the admin call "
             "until the agent's applied peers changed; all changes pooled)",
             "",
         ]
         rows = []
-        for name in ("add", "remove"):
-            d, x = p[name]["pooled"], p[name]["ratio_to_rtt"]
+        for label, part, name in (
+            ("add", p["reporting"], "add"),
+            ("remove", p["reporting"], "remove"),
+            ("add, before any report", p["before_reports"], "add"),
+            ("remove, before any report", p["before_reports"], "remove"),
+        ):
+            d, x = part[name]["pooled"], part[name]["ratio_to_rtt"]
             rows.append(
                 [
-                    name,
+                    label,
                     fmt_ms(d["min"]),
                     fmt_ms(d["p50"]),
                     fmt_ms(d["p95"]),
                     fmt_ms(d["max"]),
                     f"{fmt_x(x['p50'])} / {fmt_x(x['p95'])} / {fmt_x(x['max'])}",
-                    fmt_ms(p[name]["coordinator_cpu_per_change"]["median"]),
+                    fmt_ms(part[name]["coordinator_cpu_per_change"]["median"]),
                     str(d["n"]),
-                    str(sum(run["missed"] for run in p[name]["per_change"])),
+                    str(sum(run["missed"] for run in part[name]["per_change"])),
                 ]
             )
         header = ["change", "first", "p50", "p95", "max", "x RTT (p50/p95/max)"]
         lines.append(table([*header, "coord CPU ms", "n", "missed"], rows))
+        rtt, fresh = p["reporting"]["mesh_call_rtt"], p["before_reports"]["mesh_call_rtt"]
         idle = p["idle"]
         windows = (
             ("coordinator, no members", idle["no_members"]),
@@ -902,10 +949,13 @@ def render(results: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"baseline RTT: one GET /v1/mesh?wait=0 over an agent's tunnel (session up, the "
-            f"long-polls parked): p50 {fmt_ms(rtt['p50'])} ms, p95 {fmt_ms(rtt['p95'])} ms, "
-            f"n {rtt['n']}; coord CPU: the coordinator's CPU from the admin call to the last "
-            "agent (median over changes)",
+            "add/remove: the running cluster (every agent reports every 10 s; each member's "
+            "record holds its last report); before any report: the same agents just started.",
+            f"baseline RTT: one GET /v1/mesh?wait=0 over an agent's tunnel, session up, the "
+            f"long-polls parked: p50 {fmt_ms(rtt['p50'])} ms, p95 {fmt_ms(rtt['p95'])} ms "
+            f"(before any report: p50 {fmt_ms(fresh['p50'])} ms, p95 {fmt_ms(fresh['p95'])} ms);"
+            " x RTT is over the RTT before any report (the coordinator not busy). coord CPU: "
+            "the coordinator's CPU from the admin call to the last agent (median over changes).",
             "",
             table(
                 ["idle window", "coordinator CPU s/min", "this process CPU s/min", "seconds"],
@@ -961,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
     try:
         parts = asyncio.run(run_all(procs, root, settings, only))
-    except BenchError as e:
+    except (BenchError, http.HttpError) as e:
         log(f"mesh benchmark failed: {e}")
         return 1
     except KeyboardInterrupt:

@@ -144,7 +144,7 @@ def test_quick_mode_is_smaller_but_keeps_the_idle_window() -> None:
     assert (quick.start_runs, quick.changes) == (2, 2)
     assert (full.start_runs, full.changes) == (5, 5)
     assert quick.agents == full.agents == 50
-    assert quick.idle_window == full.idle_window == 10.0
+    assert quick.idle_window == full.idle_window == 10.0  # one long-poll and report period
 
 
 def test_stale_owner_reads_the_pid_of_our_directories_only() -> None:
