@@ -134,8 +134,10 @@ class Agent:
         return changed
 
     async def _fail_over(self) -> None:
-        """Move to the next coordinator endpoint (if several) and handshake afresh: the
-        coordinator there, or a restarted one here, holds no session with us."""
+        """No answer: move to the coordinator's next endpoint, if it has several, and
+        handshake there at once. With one endpoint too: a coordinator that restarted has
+        forgotten our session, and WireGuard would go on sending into it until its own
+        timers give up (some 15 s more, after the watch's WAIT + GRACE)."""
         if len(self.endpoints) > 1:
             self._endpoint_index += 1
             endpoint = self.endpoints[self._endpoint_index % len(self.endpoints)]

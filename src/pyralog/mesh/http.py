@@ -222,7 +222,11 @@ async def call(
     host: str = "coordinator",
     timeout: float = 10.0,
 ) -> Any:
-    """One request on a new connection; the decoded JSON answer, or HttpError."""
+    """One request on a new connection; the decoded JSON answer, or HttpError.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` returns the answer
+    and drops the cancellation when both come in one loop iteration, and a cancelled
+    agent went on polling (so ``MeshNode.close`` never returned)."""
     try:
         async with asyncio.timeout(timeout):
             return await _call(opener, method, path, body, host)

@@ -6,6 +6,12 @@ token (the token's preshared key, and the token's handshake proof in mac2), and 
 ``POST /v1/enroll`` through it. A coordinator that does not accept the token never
 answers, so the only failure signal is a timeout; the error says what it can mean.
 The endpoints in the token are tried in turn.
+
+The node's backend then handshakes with the coordinator again, with the same key. The
+coordinator takes at most ``INITIATIONS_PER_SECOND`` initiations from one key and none
+whose TAI64N timestamp (16.8 ms resolution) is not later than the last one's; a second
+initiation sooner is dropped without an answer and retried only after ``REKEY_TIMEOUT``
+(5 s). So ``enroll`` returns ``NEXT_HANDSHAKE_AFTER`` after the welcome, never sooner.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from pyralog.wireguard.config import Config, InterfaceConfig
 from pyralog.wireguard.constants import INITIATIONS_PER_SECOND
 from pyralog.wireguard.endpoint import canonical
 from pyralog.wireguard.keys import PrivateKey
+from pyralog.wireguard.tai64n import RESOLUTION
 
 ENROLL_TIMEOUT = 12.0  # per endpoint: two WireGuard handshake attempts and the request
+# Between the enrollment's handshake (before the welcome) and the backend's first one.
+NEXT_HANDSHAKE_AFTER = max(1.0 / INITIATIONS_PER_SECOND, RESOLUTION) + 0.005
 
 
 class EnrollmentError(Exception):
@@ -92,12 +101,7 @@ async def enroll(
                 {"node_id": node_id, "listen_port": listen_port},
                 timeout=timeout,
             )
-            # The node's own backend handshakes with the same key next. A responder drops
-            # initiations from one key that come faster than INITIATIONS_PER_SECOND (the
-            # protocol's flood limit), and enrollment can take less than that interval.
-            # Our last initiation may have been a retry just now, so wait the whole interval
-            # (twice: TAI64N timestamps are also rounded to 2**24 ns).
-            await asyncio.sleep(2 / INITIATIONS_PER_SECOND)
+            await asyncio.sleep(NEXT_HANDSHAKE_AFTER)  # see the module's docstring
             return welcome
         except http.HttpError as e:
             if e.status:

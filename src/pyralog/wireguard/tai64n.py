@@ -12,6 +12,7 @@ import struct
 
 _TAI64_EPOCH = 0x400000000000000A  # TAI64 label of 1970-01-01 00:00:10 TAI
 _WHITENER = 0x1000000 - 1  # 2**24 ns
+RESOLUTION = (_WHITENER + 1) / 1e9  # seconds: labels closer than this in time may be equal
 _FMT = struct.Struct(">QI")
 SIZE = _FMT.size
 
