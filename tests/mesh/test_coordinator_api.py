@@ -474,14 +474,18 @@ def test_members_get_their_view_and_only_admins_get_admin_routes(tmp_path: Path)
         with pytest.raises(HttpError) as info:
             await api.handle_mesh(request("GET", "/v1/mesh?wait=soon", peer=n1))
         assert info.value.status == 400
-        # Reports are stored.
+        # Reports are kept (in memory: a store write would wake every long-poll).
+        revision = await service.registry.store.revision()  # type: ignore[union-attr]
         report = {"peers": [{"public_key": key(2)}], "backend": "embedded"}
         assert (await api.handle_mesh(request("POST", "/v1/report", report, peer=n1))).status == 204
         with pytest.raises(HttpError) as info:
             await api.handle_mesh(request("POST", "/v1/report", {"peers": 5}, peer=n1))
         assert info.value.status == 400
-        stored = await service.registry.node("n1")  # type: ignore[union-attr]
-        assert stored is not None and stored.report == report
+        assert service.reports["n1"][0] == report
+        assert await service.registry.store.revision() == revision  # type: ignore[union-attr]
+        status_body = (await admin(service, "GET", "/v1/status")).body
+        n1_status = next(m for m in status_body["members"] if m["node_id"] == "n1")
+        assert n1_status["report"] == report
         # An admin member reaches the admin routes over the mesh.
         ops = (nodes["ops"]["address"], 40001)
         status = await api.handle_mesh(request("GET", "/v1/status", peer=ops))

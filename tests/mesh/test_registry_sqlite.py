@@ -293,18 +293,15 @@ def test_a_small_region_fills_up_without_reusing_addresses(tmp_path: Path) -> No
     run(tmp_path, body)
 
 
-def test_update_endpoints_and_reports(tmp_path: Path) -> None:
+def test_update_endpoints(tmp_path: Path) -> None:
     async def body(registry: Registry) -> None:
         await registry.register("n1", key(1), role="node", now=NOW, state="provisioned")
         assert await registry.update_endpoints("n1", ["192.0.2.9:9"], NOW + 1) is True
         assert await registry.update_endpoints("n1", ["192.0.2.9:9"], NOW + 2) is False
         assert await registry.update_endpoints("ghost", ["192.0.2.9:9"], NOW) is False
-        await registry.save_report("n1", {"peers": []}, NOW + 3)
-        await registry.save_report("ghost", {"peers": []}, NOW + 3)
         node = await registry.node("n1")
         assert node is not None
         assert (node.endpoints, node.state, node.updated_at) == (["192.0.2.9:9"], "active", NOW + 1)
-        assert node.report == {"peers": []} and node.reported_at == NOW + 3
 
     run(tmp_path, body)
 

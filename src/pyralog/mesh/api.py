@@ -82,7 +82,7 @@ class CoordinatorApi:
             if path == "/v1/mesh" and method == "GET" and caller is not None:
                 return await self._mesh(request, caller)
             if path == "/v1/report" and method == "POST" and caller is not None:
-                await self.service.registry.save_report(caller, _report(request), time.time())
+                self.service.save_report(caller, _report(request))
                 return Response(204)
             if path == "/v1/enroll":
                 raise HttpError(409, "already a member; nothing to enroll")

@@ -58,6 +58,11 @@ class CoordinatorService:
         self.registry: Registry | None = None  # type: ignore[assignment]
         self._members: dict[str, NodeRecord] = {}  # public key -> record
         self._applied: dict[str, Wanted] = {}
+        # Members' reports of their peers, for status only. Kept here, not in the store:
+        # a store write wakes every long-poll, and 50 members reporting every 10 s made
+        # the coordinator recompute 250 views a second (bench/mesh.py found it).
+        self.reports: dict[str, tuple[dict[str, Any], float]] = {}
+        self._nodes_cache: tuple[int, list[NodeRecord]] | None = None
         self._recent: dict[str, tuple[str, float]] = {}  # key -> (provisional address, until)
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[Any] = []
@@ -245,9 +250,23 @@ class CoordinatorService:
         assert self.registry is not None
         return self.registry.identity.coordinator
 
+    def save_report(self, node_id: str, report: dict[str, Any]) -> None:
+        self.reports[node_id] = (report, time.time())
+
+    async def nodes_now(self) -> list[NodeRecord]:
+        """Every member, read once per store revision however many polls ask."""
+        assert self.registry is not None
+        revision = await self.registry.store.revision()
+        cached = self._nodes_cache
+        if cached is not None and cached[0] == revision:
+            return cached[1]
+        nodes = await self.registry.nodes()
+        self._nodes_cache = (revision, nodes)
+        return nodes
+
     async def view_of(self, node_id: str) -> dict[str, Any] | None:
         assert self.registry is not None
-        nodes = await self.registry.nodes()
+        nodes = await self.nodes_now()
         me = next((n for n in nodes if n.node_id == node_id), None)
         if me is None:
             return None
@@ -407,8 +426,8 @@ class CoordinatorService:
                     "rx_bytes": peer.rx_bytes if peer else 0,
                     "tx_bytes": peer.tx_bytes if peer else 0,
                     "health": health,
-                    "report": node.report,
-                    "reported_at": node.reported_at,
+                    "report": self.reports.get(node.node_id, (None, None))[0],
+                    "reported_at": self.reports.get(node.node_id, (None, None))[1],
                 }
             )
         return {

@@ -48,9 +48,6 @@ class NodeRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     token_id: str | None = None  # the token it enrolled with, if any
-    # What the member last reported about its peers (for cluster status), with its time.
-    report: dict[str, Any] | None = None
-    reported_at: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

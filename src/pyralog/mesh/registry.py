@@ -212,18 +212,6 @@ class Registry:
                 return True
         return False
 
-    async def save_report(self, node_id: str, report: dict, now: float) -> None:
-        """A member's view of its peers. Not a membership change, but it bumps the store's
-        revision; agents long-poll on peers they are given, which do not change with it."""
-        for _ in range(RETRIES):
-            entry = await self.store.get(NODES + node_id)
-            if entry is None:
-                return
-            record = NodeRecord.from_json(entry.value)
-            record.report, record.reported_at = report, now
-            if await self.store.put(NODES + node_id, record.to_json(), expect=entry.version):
-                return
-
     async def remove(self, node_id: str) -> NodeRecord | None:
         entry = await self.store.get(NODES + node_id)
         if entry is None:
