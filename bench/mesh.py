@@ -22,7 +22,7 @@
    for each agent, from just before the admin call until its applied peer set has (or no
    longer has) that member: first with the agents just started, then in the running
    cluster's state, once every agent runs the node's 10 s status report (spread over the
-   period, as nodes started at different times) and every member's record holds one.
+   period, as nodes started at different times) and the coordinator holds one from each.
    Baseline, same run: one ``GET /v1/mesh?wait=0`` round trip over an agent's tunnel
    while the long-polls are parked and no report has been made. Also the coordinator's
    CPU (``/proc/PID/stat``) over idle windows: without members, with the 50 reporting,
@@ -669,13 +669,13 @@ async def _reports(agent: Agent, phase: float) -> None:
 
 
 async def until_reported(coord: Coordinator, sims: list[Sim], timeout: float = 60.0) -> float:
-    """Until the coordinator holds a report from every agent (a running cluster's state:
-    the report is part of the member's record); the seconds that took."""
+    """Until the coordinator holds a report from every agent (a running cluster's state;
+    ``cluster status`` shows them); the seconds that took."""
     t0 = time.perf_counter()
     ids = {sim.node_id for sim in sims}
     while True:
-        nodes = await coord.admin("GET", "/v1/nodes")
-        if all(n.get("reported_at") for n in nodes if n["node_id"] in ids):
+        status = await coord.admin("GET", "/v1/status")
+        if all(m.get("reported_at") for m in status["members"] if m["node_id"] in ids):
             return time.perf_counter() - t0
         if time.perf_counter() - t0 > timeout:
             raise BenchError(f"not every agent reported within {timeout:g} s")
@@ -806,7 +806,7 @@ async def bench_propagation(procs: Processes, root: Path, settings: Settings) ->
         # A: before any report (small records, no report traffic): the fan-out alone.
         fresh_rtt = await mesh_rtt(sims, settings.rtt_samples)
         fresh = await run_changes(coord, sims, settings.changes, "before-reports")
-        # B: the running cluster: every agent reports every 10 s, every record holds one.
+        # B: the running cluster: every agent reports every 10 s.
         start_reports(sims)
         took = await until_reported(coord, sims)
         log(f"   every agent reported after {took:.1f} s")
@@ -814,7 +814,7 @@ async def bench_propagation(procs: Processes, root: Path, settings: Settings) ->
         steady = await run_changes(coord, sims, settings.changes, "reporting")
         await asyncio.sleep(1.0)
         idle = await cpu_window(coord.pid, settings.idle_window)
-        stop_reports(sims)  # what the long-polls cost alone (the records keep their report)
+        stop_reports(sims)  # what the long-polls cost alone
         await asyncio.sleep(1.0)
         polls_only = await cpu_window(coord.pid, settings.polls_only_window)
         failures = sum(s.agent.failures for s in sims)
@@ -950,7 +950,7 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "",
             "add/remove: the running cluster (every agent reports every 10 s; each member's "
-            "record holds its last report); before any report: the same agents just started.",
+            "coordinator holds its last report); before any report: the same agents just started.",
             f"baseline RTT: one GET /v1/mesh?wait=0 over an agent's tunnel, session up, the "
             f"long-polls parked: p50 {fmt_ms(rtt['p50'])} ms, p95 {fmt_ms(rtt['p95'])} ms "
             f"(before any report: p50 {fmt_ms(fresh['p50'])} ms, p95 {fmt_ms(fresh['p95'])} ms);"
