@@ -223,8 +223,8 @@ class MeshNode:
         """Handshake with every peer now. After a restart our peers still hold sessions
         we forgot; without this they would send into them until WireGuard gives up on
         them (15 s). Where the backend can start a handshake (embedded: directly;
-        userspace: over UAPI, see ``UserspaceBackend.rekey``); the kernel backend's
-        rekey only drops the session.
+        userspace: over UAPI, see ``UserspaceBackend.rekey``). Not the kernel backend:
+        its rekey is untested against a real kernel, so it is not used at start-up.
 
         Not the peers we already have a session with (the coordinator, reached a moment
         ago): a second initiation so soon (a peer answers one per 20 ms) would be
