@@ -39,7 +39,6 @@ import errno
 import ipaddress
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -56,7 +55,7 @@ from pyroute2.netlink.generic.wireguard import (
 
 from pyralog.link.control import PeerChange, SetRequest, invalid, validate
 from pyralog.mesh.backend import PeerStatus
-from pyralog.net.peers import MISS_INTERVAL
+from pyralog.net.peers import CachedPeers
 from pyralog.wireguard.allowedips import AllowedIPs
 from pyralog.wireguard.device import Device
 from pyralog.wireguard.endpoint import Endpoint, canonical_host
@@ -452,7 +451,7 @@ class WireGuardNetlink:
         raise OSError(errno.EINTR, f"{self.interface}: dump interrupted {attempts} times")
 
 
-class NetlinkPeers:
+class NetlinkPeers(CachedPeers):
     """``PeerDirectory`` of a kernel WireGuard interface, read over netlink.
 
     Caches like ``UapiPeers``: the table is re-read when older than ``ttl``, and on a miss
@@ -470,28 +469,11 @@ class NetlinkPeers:
         timeout: float = 2.0,
         read: Callable[[], Sequence[wgmsg]] | None = None,
     ) -> None:
+        super().__init__(ttl)
         self.interface = interface
-        self.ttl = ttl
         self.timeout = timeout
         self._read = read
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._table: AllowedIPs[PublicKey] = AllowedIPs()
-        self._read_at = -float("inf")
-
-    def peer_of(self, address: str) -> PublicKey | None:
-        try:
-            packed = ipaddress.ip_address(address.partition("%")[0]).packed
-        except ValueError:
-            return None
-        if time.monotonic() - self._read_at >= self.ttl:
-            self.refresh()
-        found = self._table.lookup(packed)
-        # A miss re-reads (a peer may just have been added), but not more often than
-        # MISS_INTERVAL: a stream of strangers must not turn into a stream of dumps.
-        if found is None and time.monotonic() - self._read_at >= MISS_INTERVAL:
-            self.refresh()
-            found = self._table.lookup(packed)
-        return found
 
     def refresh(self) -> None:
         """Re-read the interface's peers (OSError if it cannot be read)."""
@@ -508,8 +490,7 @@ class NetlinkPeers:
         for peer in peers:
             for network in peer.allowed_ips:
                 table.insert(ipaddress.ip_network(network), peer.public_key)
-        self._table = table
-        self._read_at = time.monotonic()
+        self._replace(table)
 
     def _dump(self) -> Sequence[wgmsg]:
         if self._read is not None:

@@ -34,15 +34,12 @@ def _packed(address: str) -> bytes | None:
         return None
 
 
-class UapiPeers:
-    """Peers of a userspace WireGuard interface, from ``get=1`` on its UAPI socket.
+class CachedPeers:
+    """A copy of an interface's ``allowed IP -> public key`` table, read by ``refresh``
+    (a subclass's), again when older than ``ttl`` and on a miss at most every
+    ``MISS_INTERVAL``. ``peer_of`` fails closed: a read that fails raises OSError."""
 
-    ``peer_of`` fails closed: if the socket cannot be reached it raises OSError (naming
-    the socket) rather than answering "no peer". The read is a local socket round trip,
-    done in the caller's thread (a 2-second timeout bounds a daemon that hangs)."""
-
-    def __init__(self, interface: str, *, uapi_dir: str = UAPI_DIR, ttl: float = 1.0) -> None:
-        self.path = os.path.join(uapi_dir, f"{interface}.sock")
+    def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._table: AllowedIPs[PublicKey] = AllowedIPs()
         self._read_at = -float("inf")
@@ -55,11 +52,30 @@ class UapiPeers:
             self.refresh()
         found = self._table.lookup(packed)
         # A miss re-reads (a peer may just have been added), but not more often than
-        # MISS_INTERVAL: a stream of strangers must not turn into a stream of get=1.
+        # MISS_INTERVAL: a stream of strangers must not turn into a stream of reads.
         if found is None and time.monotonic() - self._read_at >= MISS_INTERVAL:
             self.refresh()
             found = self._table.lookup(packed)
         return found
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def _replace(self, table: AllowedIPs[PublicKey]) -> None:
+        self._table = table
+        self._read_at = time.monotonic()
+
+
+class UapiPeers(CachedPeers):
+    """Peers of a userspace WireGuard interface, from ``get=1`` on its UAPI socket.
+
+    ``peer_of`` fails closed: if the socket cannot be reached it raises OSError (naming
+    the socket) rather than answering "no peer". The read is a local socket round trip,
+    done in the caller's thread (a 2-second timeout bounds a daemon that hangs)."""
+
+    def __init__(self, interface: str, *, uapi_dir: str = UAPI_DIR, ttl: float = 1.0) -> None:
+        super().__init__(ttl)
+        self.path = os.path.join(uapi_dir, f"{interface}.sock")
 
     def refresh(self) -> None:
         """Re-read the interface's peers (OSError if its UAPI socket cannot be reached)."""
@@ -73,8 +89,7 @@ class UapiPeers:
                 table.insert(ipaddress.ip_network(value, strict=False), key)
             elif name == "errno" and value != "0":
                 raise OSError(-int(value), f"{self.path}: get=1 answered errno={value}")
-        self._table = table
-        self._read_at = time.monotonic()
+        self._replace(table)
 
     def _get(self) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
