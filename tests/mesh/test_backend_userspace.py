@@ -31,8 +31,8 @@ import pytest
 from netns import pid_alive
 from processes import wait_until
 from pyralog.link.control import PeerChange, SetRequest
-from pyralog.mesh.backend import BackendSpec
-from pyralog.mesh.backend_userspace import GREETING_KEEPALIVE, UserspaceBackend
+from pyralog.mesh.backend import GREETING_KEEPALIVE, BackendSpec
+from pyralog.mesh.backend_userspace import UserspaceBackend
 from pyralog.tunnel.uapi import handle_request
 from pyralog.tunnel.uapi_client import UapiClient, format_set
 from pyralog.tunnel.uapi_server import UapiListener

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pyralog.link.control import SetRequest
+from pyralog.link.control import PeerChange, SetRequest
 from pyralog.net.api import Network
 from pyralog.wireguard.endpoint import Endpoint
-from pyralog.wireguard.keys import PrivateKey, PublicKey
+from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -78,6 +78,47 @@ class Backend(Protocol):
     async def peers(self) -> list[PeerStatus]: ...
 
     async def close(self) -> None: ...
+
+
+GREETING_KEEPALIVE = 25  # seconds; set for a moment by ``rekey_request`` (see there)
+
+
+def rekey_request(
+    peer: PublicKey,
+    endpoint: Endpoint | None,
+    allowed_ips: Sequence[str],
+    persistent_keepalive: int,
+    preshared_key: PresharedKey | None = None,
+) -> SetRequest:
+    """ "Handshake now" for daemons that have no such command (UAPI, kernel netlink).
+
+    Removing the peer and adding it back drops its session; adding it with a persistent
+    keepalive makes the daemon send a keepalive at once (pyralog-wg, wireguard-go and
+    the kernel all do when the interval goes from 0 to non-zero), and without a session
+    that keepalive starts a handshake. A third change puts the peer's own interval back.
+    One atomic set, keeping endpoint, allowed IPs and (if given) the preshared key."""
+    again = PeerChange(
+        peer,
+        preshared_key=preshared_key,
+        endpoint=endpoint,
+        persistent_keepalive=persistent_keepalive or GREETING_KEEPALIVE,
+        allowed_ips=list(allowed_ips),
+    )
+    changes = [PeerChange(peer, remove=True), again]
+    if not persistent_keepalive:
+        changes.append(PeerChange(peer, update_only=True, persistent_keepalive=0))
+    return SetRequest(peers=changes)
+
+
+def set_ip_forwarding(on: bool) -> None:
+    """The host's IPv4 and IPv6 forwarding (a TUN or kernel hub's kernel forwards)."""
+    value = b"1" if on else b"0"
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        try:
+            with open(path, "wb") as f:
+                f.write(value)
+        except OSError:
+            continue
 
 
 def kernel_available() -> bool:

@@ -35,8 +35,15 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pyralog.link.control import ConfigChangeError, PeerChange, SetRequest
-from pyralog.mesh.backend import BackendError, BackendSpec, PeerStatus, kernel_available
+from pyralog.link.control import ConfigChangeError, SetRequest
+from pyralog.mesh.backend import (
+    BackendError,
+    BackendSpec,
+    PeerStatus,
+    kernel_available,
+    rekey_request,
+    set_ip_forwarding,
+)
 from pyralog.mesh.wgnetlink import (
     MESSAGE_LIMIT,
     Message,
@@ -266,31 +273,20 @@ class KernelBackend:
         return port
 
     async def rekey(self, peer: PublicKey) -> None:
-        """The kernel has no "handshake now": as for UAPI (``UserspaceBackend.rekey``),
-        remove the peer and add it back with a persistent keepalive, which the kernel
-        sends at once and which, without a session, starts a handshake; then restore the
-        peer's own interval. The dump gives no preshared key back here, so a peer with a
-        PSK loses it: only the coordinator peer (which has none) is rekeyed today.
-        Untested against a real kernel (no module on these machines)."""
+        """The kernel has no "handshake now" either: see ``backend.rekey_request``. The
+        dump gives no preshared key back here, so a peer with a PSK loses it: only the
+        coordinator peer (which has none) is rekeyed today. Untested against a real
+        kernel (no module on these machines)."""
         current = next((p for p in await self.peers() if p.public_key == peer), None)
         if current is None:
             return
-        again = PeerChange(
-            peer,
-            endpoint=current.endpoint,
-            persistent_keepalive=current.persistent_keepalive or 1,
-            allowed_ips=list(current.allowed_ips),
+        await self.apply(
+            rekey_request(peer, current.endpoint, current.allowed_ips, current.persistent_keepalive)
         )
-        changes = [PeerChange(peer, remove=True), again]
-        if not current.persistent_keepalive:
-            changes.append(PeerChange(peer, update_only=True, persistent_keepalive=0))
-        await self.apply(SetRequest(peers=changes))
 
     async def set_forwarding(self, on: bool, allow: object = None) -> None:
         # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
-        from pyralog.mesh.backend_userspace import _set_forwarding
-
-        await asyncio.to_thread(_set_forwarding, on)
+        await asyncio.to_thread(set_ip_forwarding, on)
 
     async def peers(self) -> list[PeerStatus]:
         try:

@@ -28,15 +28,20 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
-from pyralog.link.control import PeerChange, SetRequest
-from pyralog.mesh.backend import BackendError, BackendSpec, PeerStatus
+from pyralog.link.control import SetRequest
+from pyralog.mesh.backend import (
+    BackendError,
+    BackendSpec,
+    PeerStatus,
+    rekey_request,
+    set_ip_forwarding,
+)
 from pyralog.net.kernel import KernelNetwork
 from pyralog.net.peers import UAPI_DIR
 from pyralog.tunnel.uapi_client import UapiClient
 from pyralog.wireguard.keys import PublicKey
 
 START_TIMEOUT = 10.0
-GREETING_KEEPALIVE = 25  # seconds; set for a moment by ``rekey`` (see there)
 PR_SET_PDEATHSIG = 1
 
 try:  # loaded here, not in the forked child
@@ -115,16 +120,6 @@ def _configure_link(spec: BackendSpec) -> None:
         ipr.link("set", index=index, state="up")
         for route in spec.routes:
             ipr.route("replace", dst=route, oif=index)
-
-
-def _set_forwarding(on: bool) -> None:
-    value = b"1" if on else b"0"
-    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
-        try:
-            with open(path, "wb") as f:
-                f.write(value)
-        except OSError:
-            continue
 
 
 def _accepts(path: str) -> bool:
@@ -219,34 +214,26 @@ class UserspaceBackend:
             self._network.peers.refresh()  # type: ignore[attr-defined]
 
     async def rekey(self, peer: PublicKey) -> None:
-        """Start a handshake with ``peer`` now (e.g. to greet peers after a restart).
-
-        UAPI has no "handshake now". Removing the peer and adding it back drops its
-        session; adding it with a persistent keepalive makes the daemon send a keepalive
-        at once (pyralog-wg and wireguard-go both do when the interval goes from 0 to
-        non-zero, as the kernel does), and without a session that keepalive starts a
-        handshake. A third change puts the peer's own interval back. All in one atomic
-        set, keeping the peer's endpoint, allowed IPs and preshared key. (A peer answers
-        one initiation per 20 ms: a rekey right after a handshake is dropped as a flood,
-        and then the peer has no session until WireGuard retries, 5 s later.)"""
+        """Start a handshake with ``peer`` now (e.g. to greet peers after a restart):
+        UAPI has no such command, see ``backend.rekey_request``. (A peer answers one
+        initiation per 20 ms: a rekey right after a handshake is dropped as a flood, and
+        then the peer has no session until WireGuard retries, 5 s later.)"""
         current = next((p for p in await self._run(self.uapi.peers) if p.public_key == peer), None)
         if current is None:
             return
-        again = PeerChange(
-            peer,
-            preshared_key=current.preshared_key,
-            endpoint=current.endpoint,
-            persistent_keepalive=current.persistent_keepalive or GREETING_KEEPALIVE,
-            allowed_ips=list(current.allowed_ips),
+        await self.apply(
+            rekey_request(
+                peer,
+                current.endpoint,
+                current.allowed_ips,
+                current.persistent_keepalive,
+                current.preshared_key,
+            )
         )
-        changes = [PeerChange(peer, remove=True), again]
-        if not current.persistent_keepalive:
-            changes.append(PeerChange(peer, update_only=True, persistent_keepalive=0))
-        await self.apply(SetRequest(peers=changes))
 
     async def set_forwarding(self, on: bool, allow: object = None) -> None:
         # The kernel forwards here; ``allow`` (the role policy) is not enforced on it.
-        await self._run(_set_forwarding, on)
+        await self._run(set_ip_forwarding, on)
 
     async def peers(self) -> list[PeerStatus]:
         found = await self._run(self.uapi.peers)
