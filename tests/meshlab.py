@@ -15,12 +15,15 @@ nodes. ``close`` stops every process (SIGTERM, then SIGKILL) even after a failur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,17 @@ class MeshLab:
     def close(self) -> None:
         for proc in reversed(self.procs):
             stop_process(proc.process)
+
+
+@contextlib.contextmanager
+def mesh_lab(coordinator_toml: str = "") -> Iterator[MeshLab]:
+    """A MeshLab in a directory of its own, removed with every process the lab started.
+    Not under pytest's tmp_path: its parents are 0700 root, closed to user nobody."""
+    root = Path(tempfile.mkdtemp(prefix="pyralog-mesh-"))
+    os.chmod(root, 0o755)
+    lab = MeshLab(root, coordinator_toml=coordinator_toml)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from meshlab import MeshLab
+from meshlab import MeshLab, mesh_lab
 from pyralog.mesh.join import EnrollmentError, enroll
 from pyralog.mesh.token import JoinToken
 from pyralog.wireguard.keys import PrivateKey
@@ -30,16 +28,9 @@ PROPAGATION_LIMIT = 2.0  # the issue's bar for a membership change to reach ever
 
 
 @pytest.fixture
-def lab():
-    # Not under pytest's tmp_path: its parents are 0700 root, closed to user nobody.
-    root = Path(tempfile.mkdtemp(prefix="pyralog-mesh-"))
-    os.chmod(root, 0o755)
-    lab = MeshLab(root)
-    try:
-        yield lab
-    finally:
-        lab.close()
-        shutil.rmtree(root, ignore_errors=True)
+def lab() -> Iterator[MeshLab]:
+    with mesh_lab() as made:
+        yield made
 
 
 def test_four_nodes_enroll_mesh_and_follow_membership(lab: MeshLab) -> None:

@@ -3,32 +3,24 @@ nodes carry on with the other, and membership changes still reach them."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from etcd import EtcdCluster
-from meshlab import MeshLab
+from meshlab import MeshLab, mesh_lab
 from ports import free_port
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def lab():
-    root = Path(tempfile.mkdtemp(prefix="pyralog-mesh-"))
-    os.chmod(root, 0o755)
-    lab = MeshLab(root)
-    try:
-        yield lab
-    finally:
-        lab.close()
-        shutil.rmtree(root, ignore_errors=True)
+def lab() -> Iterator[MeshLab]:
+    with mesh_lab() as made:
+        yield made
 
 
 def test_coordinator_failover_on_etcd(lab: MeshLab, etcd_cluster: EtcdCluster) -> None:

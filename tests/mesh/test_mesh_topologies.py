@@ -3,41 +3,27 @@ regions joined by gateways, and a policy change pushed to every member."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import signal
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshlab import MeshLab
+from meshlab import MeshLab, mesh_lab
 from processes import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def make_lab(extra: str) -> tuple[MeshLab, Path]:
-    root = Path(tempfile.mkdtemp(prefix="pyralog-mesh-"))
-    os.chmod(root, 0o755)
-    return MeshLab(root, coordinator_toml=extra), root
-
-
 @pytest.fixture
-def labs():
-    made: list[tuple[MeshLab, Path]] = []
+def labs() -> Iterator[Callable[[str], MeshLab]]:
+    with contextlib.ExitStack() as stack:
 
-    def factory(extra: str = "") -> MeshLab:
-        made.append(make_lab(extra))
-        return made[-1][0]
+        def factory(extra: str = "") -> MeshLab:
+            return stack.enter_context(mesh_lab(extra))
 
-    try:
         yield factory
-    finally:
-        for lab, root in made:
-            lab.close()
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_hub_and_spoke_spokes_reach_each_other_through_the_hub(labs) -> None:
