@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import time
 from typing import Protocol
 
+from pyralog.tunnel.uapi_client import UapiClient
 from pyralog.wireguard.allowedips import AllowedIPs
 from pyralog.wireguard.keys import PublicKey
 
@@ -80,31 +80,7 @@ class UapiPeers(CachedPeers):
     def refresh(self) -> None:
         """Re-read the interface's peers (OSError if its UAPI socket cannot be reached)."""
         table: AllowedIPs[PublicKey] = AllowedIPs()
-        key: PublicKey | None = None
-        for line in self._get().splitlines():
-            name, _, value = line.partition("=")
-            if name == "public_key":
-                key = PublicKey(bytes.fromhex(value))
-            elif name == "allowed_ip" and key is not None:
-                table.insert(ipaddress.ip_network(value, strict=False), key)
-            elif name == "errno" and value != "0":
-                raise OSError(-int(value), f"{self.path}: get=1 answered errno={value}")
+        for peer in UapiClient(self.path).peers():
+            for network in peer.allowed_ips:
+                table.insert(ipaddress.ip_network(network, strict=False), peer.public_key)
         self._replace(table)
-
-    def _get(self) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            try:
-                s.connect(self.path)
-            except OSError as e:
-                raise OSError(
-                    e.errno, f"cannot reach the UAPI socket {self.path}: {e.strerror}"
-                ) from None
-            s.sendall(b"get=1\n\n")
-            chunks: list[bytes] = []
-            while not b"".join(chunks[-2:]).endswith(b"\n\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        return b"".join(chunks).decode()

@@ -66,7 +66,8 @@ class UapiClient:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def _exchange(self, request: str) -> list[str]:
+    def _exchange(self, request: str) -> tuple[list[str], int]:
+        """The answer's lines (without the errno trailer) and its errno value."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(TIMEOUT)
             try:
@@ -86,21 +87,28 @@ class UapiClient:
         if status is None:
             raise OSError(errno.EIO, f"{self.path}: the daemon closed without an answer")
         code = int(status.partition("=")[2])
-        if code != 0:
-            raise ConfigChangeError(
-                code, f"{self.path}: the daemon refused the change (errno {code})"
-            )
-        return [line for line in lines if line and not line.startswith("errno=")]
+        return [line for line in lines if line and not line.startswith("errno=")], code
 
     def set(self, req: SetRequest) -> None:
         body = "".join(line + "\n" for line in format_set(req))
-        self._exchange("set=1\n" + body + "\n")
+        _, code = self._exchange("set=1\n" + body + "\n")
+        if code != 0:
+            raise ConfigChangeError(
+                abs(code), f"{self.path}: the daemon refused the change (errno {code})"
+            )
+
+    def get(self) -> list[str]:
+        """The lines of ``get=1`` (OSError if the socket fails or the daemon refuses)."""
+        lines, code = self._exchange("get=1\n\n")
+        if code != 0:
+            raise OSError(abs(code), f"{self.path}: get=1 answered errno={code}")
+        return lines
 
     def peers(self) -> list[UapiPeer]:
         peers: list[UapiPeer] = []
         peer: UapiPeer | None = None
         sec = nsec = 0
-        for line in self._exchange("get=1\n\n"):
+        for line in self.get():
             key, _, value = line.partition("=")
             if key == "public_key":
                 peer = UapiPeer(PublicKey(bytes.fromhex(value)))
