@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import forward, keys, mesh, wgconvert
+from pyralog.cli import forward, keys, log, mesh, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     wgconvert.add_parsers(sub)
     forward.add_parser(sub)
     mesh.add_parsers(sub)
+    log.add_parsers(sub)
     return parser
 
 
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             return mesh.run_coordinator(args)
         if args.command == "node":
             return mesh.run_node(args)
+        if args.command in ("broker", "topic", "produce", "consume"):
+            return log.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

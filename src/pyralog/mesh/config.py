@@ -1,7 +1,7 @@
 """``wireguard.toml``: a node's mesh configuration, read with ``tomllib``.
 
 The sections and keys are the product document's (``[wireguard]``, ``[interface]``,
-``[bootstrap]``, ``[[peer]]``), checked strictly: an unknown section or key is an error,
+``[bootstrap]``, ``[[peer]]``) plus ``[log]`` (the node's broker), checked strictly: an unknown section or key is an error,
 and every error names the file, the section and the key, e.g.
 ``wireguard.toml: [interface] listen_port: expected 1-65535, got "abc"``. Sections of
 features still to come (``[dpi_evasion]``, ``[quantum_resistance]``, ``[rosenpass]``,
@@ -75,6 +75,18 @@ class Bootstrap:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """``[log]``: the node's broker (served on its mesh address)."""
+
+    enabled: bool = True
+    data_dir: Path = Path("data")
+    port: int = 9092
+    flush: str = "interval"
+    partitions: int = 1
+    auto_create_topics: bool = True
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     path: str
     backend: str
@@ -87,6 +99,7 @@ class MeshConfig:
     bootstrap: Bootstrap | None
     peers: tuple[StaticPeer, ...]
     notices: tuple[str, ...] = field(default=())
+    log: LogSettings = field(default_factory=LogSettings)
 
 
 def _port_text(where: str, text: str) -> int:
@@ -134,7 +147,7 @@ def parse(
     overrides = _environment(env or {}, notices)
     base = Path(path).parent
 
-    known = {"wireguard", "interface", "bootstrap", "peer", *RESERVED}
+    known = {"wireguard", "interface", "bootstrap", "peer", "log", *RESERVED}
     for name, value in doc.items():
         if name not in known:
             raise MeshConfigError(f"{path}: [{name}]: unknown section")
@@ -245,7 +258,26 @@ def parse(
         bootstrap=bootstrap,
         peers=peers,
         notices=tuple(notices),
+        log=_log_section(path, base, doc.get("log", {})),
     )
+
+
+FLUSH_POLICIES = ("always", "interval", "never")
+
+
+def _log_section(path: str, base: Path, table: Mapping[str, Any]) -> LogSettings:
+    section = Section(path, "[log]", table)
+    enabled = section.get("enabled", bool, True)
+    data_dir = section.get("data_dir", str, "data")
+    port = section.integer("port", 1, 65535, 9092)
+    flush = section.get("flush", str, "interval")
+    if flush not in FLUSH_POLICIES:
+        choices = ", ".join(f'"{f}"' for f in FLUSH_POLICIES)
+        raise section.error("flush", f"expected one of {choices}, got {show(flush)}")
+    partitions = section.integer("partitions", 1, 10000, 1)
+    auto = section.get("auto_create_topics", bool, True)
+    section.finish()
+    return LogSettings(enabled, base / data_dir, port, flush, partitions, auto)
 
 
 def _check_interface_name(section: Section, name: str) -> None:

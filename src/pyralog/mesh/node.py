@@ -67,6 +67,7 @@ class MeshNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         self.forwarding = False
+        self.broker: Any = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -214,10 +215,54 @@ class MeshNode:
             if change is not None:
                 await self.backend.apply(change)
         await self._serve()
+        await self._start_broker()
+        broker = f", log broker on port {self.config.log.port}" if self.broker else ""
         _log(
             f"up: {', '.join(str(a) for a in addresses)} on UDP {self.backend.listen_port}, "
-            f"identity service on port {INFO_PORT}, local socket {self.socket_path}"
+            f"identity service on port {INFO_PORT}{broker}, local socket {self.socket_path}"
         )
+
+    async def _start_broker(self) -> None:
+        """The node's Kafka-protocol broker on its mesh address (``[log]``)."""
+        settings = self.config.log
+        if not settings.enabled:
+            return
+        from pyralog.log.broker import Broker
+        from pyralog.log.context import BrokerConfig
+        from pyralog.log.errors import StorageError
+        from pyralog.log.storage import Storage
+        from pyralog.log.topic_config import TopicConfig
+
+        assert self.backend is not None
+        network = self.backend.network
+        address = network.addresses[0]
+        defaults = dataclasses.replace(
+            TopicConfig(), flush=settings.flush, partitions=settings.partitions
+        )
+        try:
+            storage = await asyncio.to_thread(Storage.open, settings.data_dir, defaults)
+        except StorageError as e:
+            raise NodeError(f"[log] data_dir: {e}") from None
+        for line in storage.recovery_report():
+            _log(f"log: {line}")
+        config = BrokerConfig(
+            # Kafka wants an integer broker id: the mesh address is unique in the mesh.
+            node_id=int(address) & 0x7FFFFFFF,
+            advertised_host=str(address),
+            advertised_port=settings.port,
+            cluster_id=(self.config.bootstrap and self.config.bootstrap.cluster_id) or "pyralog",
+            auto_create_topics=settings.auto_create_topics,
+            defaults=defaults,
+        )
+        port = settings.port
+
+        def admit(host: str) -> bool:
+            # A static mesh has no roles: cryptokey routing already chose who reaches us.
+            return self.state is None or self.directory.permits(host, port)
+
+        self.broker = Broker(storage, config, settings.data_dir, admit=admit)
+        for a in network.addresses:
+            await self.broker.start(str(a), port, network)
 
     async def _greet_peers(self) -> None:
         """Handshake with every peer now. After a restart our peers still hold sessions
@@ -376,6 +421,8 @@ class MeshNode:
                 await task
         for server in self._servers:
             server.close()
+        if self.broker is not None:
+            await self.broker.close()
         if self.backend is not None:
             await self.backend.close()
         self.socket_path.unlink(missing_ok=True)

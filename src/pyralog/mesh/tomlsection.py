@@ -28,7 +28,7 @@ class Section:
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python, never what an integer key means
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             expected = " or ".join(_TOML_TYPES[k] for k in kinds)
             raise self.error(key, f"expected {expected}, got {show(value)}")
         return value
@@ -45,7 +45,7 @@ class Section:
             raise self.error(unknown[0], "unknown key")
 
 
-_TOML_TYPES = {str: "a string", int: "an integer", list: "an array"}
+_TOML_TYPES = {str: "a string", int: "an integer", list: "an array", bool: "true or false"}
 
 
 def show(value: Any) -> str:

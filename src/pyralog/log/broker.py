@@ -1,0 +1,212 @@
+"""The Kafka-protocol broker: one asyncio server over any `pyralog.net.Network`.
+
+Per connection, a reader task splits frames (bounded size, bounded read-ahead so a
+pipelining client cannot queue unbounded memory) and the connection's loop answers
+them strictly in order, one at a time, as Kafka does. A frame that cannot be a request
+closes that connection only; an unsupported version gets Kafka's error where the
+protocol has one. Storage never blocks the loop (see `Context.run_io`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kio.schema.errors import ErrorCode as E
+
+from pyralog.log import protocol
+from pyralog.log.context import BrokerConfig, Context
+from pyralog.log.errors import StorageError
+from pyralog.log.group_service import GroupService
+from pyralog.log.handlers import API, SUPPORTED
+from pyralog.log.handlers.meta import api_list
+from pyralog.log.storage import Storage
+from pyralog.net import KernelNetwork, Network
+
+log = logging.getLogger("pyralog.log.broker")
+
+# Frames read ahead of the one being answered (librdkafka pipelines up to 1M by
+# default; reading stops here until the answers catch up).
+READ_AHEAD = 64
+MAX_CONNECTIONS = 4096
+
+
+class Broker:
+    """A single-node broker serving `storage`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: BrokerConfig,
+        data_dir: Path,
+        *,
+        admit: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`admit(peer_host)` decides who may connect (the mesh's role policy); the rest
+        are closed before a byte is read."""
+        self.ctx = Context(storage, config, data_dir)
+        self._admit = admit
+        self.ctx.groups = GroupService(self.ctx, data_dir / "groups.sqlite")
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.errors: list[str] = []
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def start(
+        self, host: str, port: int, network: Network | None = None
+    ) -> list[tuple[str, int]]:
+        """Listen on host:port through `network` (kernel sockets by default)."""
+        net = network if network is not None else KernelNetwork()
+        server = await net.start_server(self._accept, host, port)
+        self._servers.append(server)
+        if not self._tasks:
+            self.ctx.groups.start()
+            self._tasks.append(asyncio.create_task(self._housekeeping()))
+        return [s.getsockname()[:2] for s in server.sockets]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in [*self._connections, *self._tasks]:
+            task.cancel()
+        for task in [*self._connections, *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        await self.ctx.groups.close()
+        await self.ctx.run_io(self.ctx.storage.close)
+        self.ctx.close()
+
+    async def _housekeeping(self) -> None:
+        cfg = self.ctx.config
+        next_retention = time.monotonic()
+        while True:
+            await asyncio.sleep(cfg.flush_check_ms / 1000)
+            now_ms = int(time.time() * 1000)
+            try:
+                await self.ctx.run_io(self.ctx.storage.maybe_flush, now_ms)
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + cfg.retention_check_ms / 1000
+                    await self.ctx.run_io(self.ctx.storage.enforce_retention, now_ms)
+            except StorageError as e:
+                self.ctx.log_storage_error(e)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if self._admit is not None and not self._admit(str(peer[0])):
+            log.info("refused a connection from %s: the mesh policy does not permit it", peer)
+            writer.close()
+            return
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer, tuple(peer[:2]))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: tuple[Any, ...]
+    ) -> None:
+        frames: asyncio.Queue[bytes | None] = asyncio.Queue(READ_AHEAD)
+        reading = asyncio.create_task(self._read_frames(reader, frames, peer))
+        try:
+            while True:
+                frame = await frames.get()
+                if frame is None:
+                    return
+                out = await self._answer(frame, peer)
+                if out is None:
+                    continue
+                writer.write(out)
+                await writer.drain()
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+
+    async def _read_frames(
+        self,
+        reader: asyncio.StreamReader,
+        frames: asyncio.Queue[bytes | None],
+        peer: tuple[Any, ...],
+    ) -> None:
+        try:
+            while True:
+                prefix = await reader.readexactly(4)
+                size = protocol.frame_size(prefix)
+                await frames.put(await reader.readexactly(size))
+        except protocol.MalformedRequest as e:
+            log.info("closing connection from %s: %s", peer, e)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            await frames.put(None)
+
+    async def _answer(self, frame: bytes, peer: tuple[Any, ...]) -> bytes | None:
+        """The encoded answer to one frame, None for no answer; closes on garbage."""
+        try:
+            request = protocol.decode_request(frame, SUPPORTED)
+            request = dataclasses.replace(request, peer_host=str(peer[0]))
+        except protocol.UnsupportedVersion as e:
+            return self._unsupported(e, peer)
+        except protocol.MalformedRequest as e:
+            log.info("closing connection from %s: malformed request: %s", peer, e)
+            raise ConnectionResetError(str(e)) from None
+        handler = API[request.api_key].handle
+        try:
+            data = await handler(self.ctx, request)
+        except Exception:
+            # A handler bug must not take the broker down; the client sees a closed
+            # connection and retries, the operator sees the traceback.
+            log.exception("api %s v%s failed", request.api_key, request.api_version)
+            raise ConnectionResetError("handler failed") from None
+        if data is None:
+            return None
+        body = protocol.response(request.api_key, request.api_version, data)
+        return protocol.encode_response(
+            request.api_key, request.api_version, request.correlation_id, body
+        )
+
+    def _unsupported(self, e: protocol.UnsupportedVersion, peer: tuple[Any, ...]) -> bytes:
+        if e.api_key == protocol.API_VERSIONS_KEY:
+            # KIP-511: answer an unknown ApiVersions version with v0 and our ranges.
+            body = protocol.response(
+                18, 0, {"error_code": E.unsupported_version, "api_keys": api_list()}
+            )
+            return protocol.encode_response(18, 0, e.correlation_id, body)
+        try:
+            # A version kio knows but this broker does not serve: Kafka's error code in
+            # that version's response (top-level where the schema has one).
+            body = protocol.response(
+                e.api_key, e.api_version, {"error_code": E.unsupported_version}
+            )
+            return protocol.encode_response(e.api_key, e.api_version, e.correlation_id, body)
+        except Exception:
+            log.info(
+                "closing connection from %s: api %s v%s is not supported",
+                peer,
+                e.api_key,
+                e.api_version,
+            )
+            raise ConnectionResetError("unsupported api version") from None

@@ -1,0 +1,274 @@
+"""An asyncio client for Pyralog (or any Kafka-protocol broker): produce, fetch, consume.
+
+    client = await PyralogClient.connect("10.0.0.1:9092")
+    offset = await client.produce("events", b"hello")
+    async for message in client.consume("events", from_beginning=True):
+        ...
+
+Pass `network=` (a `pyralog.net.Network`) to run over the embedded WireGuard tunnel,
+where kernel sockets do not reach. Wire encoding is `kio`'s; this module only says
+which requests to send and what their answers mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyralog.log.connection import Connection, KafkaError
+from pyralog.log.records import Message, build_batch, read_messages
+from pyralog.net import Network
+
+
+
+def parse_address(address: str, default_port: int = 9092) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or 'host' → (host, port), with a clear error."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"broker address {address!r}: expected host:port")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    error: int = 0
+
+
+class PyralogClient:
+    def __init__(self, conn: Connection, bootstrap: tuple[str, int], network: Network | None):
+        self._conn = conn
+        self._bootstrap = bootstrap
+        self._network = network
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        network: Network | None = None,
+        client_id: str = "pyralog-client",
+        timeout: float = 10.0,
+    ) -> PyralogClient:
+        host, port = parse_address(address)
+        conn = await Connection.open(
+            host, port, network=network, client_id=client_id, timeout=timeout
+        )
+        return cls(conn, (host, port), network)
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> PyralogClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- topics -------------------------------------------------------------------
+
+    async def topics(self, names: Sequence[str] | None = None) -> list[TopicInfo]:
+        body = await self._conn.call(
+            3,
+            {
+                "topics": None if names is None else [{"name": n} for n in names],
+                "allow_auto_topic_creation": False,
+            },
+        )
+        return [TopicInfo(t.name, len(t.partitions), int(t.error_code)) for t in body.topics]
+
+    async def create_topic(
+        self, name: str, *, partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
+        body = await self._conn.call(
+            19,
+            {
+                "topics": [
+                    {
+                        "name": name,
+                        "num_partitions": partitions,
+                        "replication_factor": -1,
+                        "assignments": [],
+                        "configs": [{"name": k, "value": v} for k, v in (configs or {}).items()],
+                    }
+                ],
+                "timeout": 30_000,
+                "validate_only": False,
+            },
+        )
+        result = body.topics[0]
+        if result.error_code != 0:
+            raise KafkaError(result.error_code, f"create topic {name!r}",
+                             getattr(result, "error_message", None))
+
+    async def delete_topic(self, name: str) -> None:
+        body = await self._conn.call(20, {"topic_names": [name], "timeout": 30_000})
+        result = body.responses[0]
+        if result.error_code != 0:
+            raise KafkaError(result.error_code, f"delete topic {name!r}")
+
+    async def describe_topic(self, name: str) -> dict[str, str]:
+        body = await self._conn.call(
+            32, {"resources": [{"resource_type": 2, "resource_name": name,
+                                "configuration_keys": None}], "include_synonyms": False},
+        )
+        result = body.results[0]
+        if result.error_code != 0:
+            raise KafkaError(result.error_code, f"describe topic {name!r}", result.error_message)
+        return {c.name: c.value for c in result.configs}
+
+    # --- producing ----------------------------------------------------------------
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int = 0,
+        acks: int = -1,
+    ) -> int:
+        """Append one record; returns its offset (-1 with acks=0)."""
+        return await self.produce_batch(topic, [(key, value)], partition=partition, acks=acks)
+
+    async def produce_batch(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int = 0,
+        acks: int = -1,
+        compression: str = "none",
+    ) -> int:
+        """Append (key, value) records as one batch; returns the first one's offset."""
+        payload = build_batch(
+            records, timestamp_ms=int(time.time() * 1000), compression=compression
+        )
+        data = {
+            "transactional_id": None,
+            "acks": acks,
+            "timeout": 30_000,
+            "topic_data": [
+                {"name": topic, "partition_data": [{"index": partition, "records": payload}]}
+            ],
+        }
+        body = await self._conn.call(0, data, expect=acks != 0)
+        if body is None:
+            return -1
+        result = body.responses[0].partition_responses[0]
+        if result.error_code != 0:
+            raise KafkaError(result.error_code, f"produce to {topic}-{partition}",
+                             getattr(result, "error_message", None))
+        return int(result.base_offset)
+
+    # --- consuming ----------------------------------------------------------------
+
+    async def offsets(self, topic: str, partition: int = 0) -> tuple[int, int]:
+        """(earliest, latest) offsets of a partition; latest is the next to be written."""
+        found = []
+        for stamp in (-2, -1):
+            body = await self._conn.call(
+                2,
+                {
+                    "replica_id": -1,
+                    "isolation_level": 0,
+                    "topics": [{"name": topic, "partitions": [
+                        {"partition_index": partition, "timestamp": stamp}]}],
+                },
+            )
+            result = body.topics[0].partitions[0]
+            if result.error_code != 0:
+                raise KafkaError(result.error_code, f"offsets of {topic}-{partition}")
+            found.append(int(result.offset))
+        return found[0], found[1]
+
+    async def fetch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        max_wait_ms: int = 500,
+        max_bytes: int = 1 << 20,
+    ) -> list[Message]:
+        """Records from `offset` on (waiting up to max_wait_ms for some to arrive)."""
+        body = await self._conn.call(
+            1,
+            {
+                "replica_id": -1,
+                "max_wait": max_wait_ms,
+                "min_bytes": 1,
+                "max_bytes": max_bytes,
+                "isolation_level": 0,
+                "session_id": 0,
+                "session_epoch": -1,
+                "topics": [{"topic": topic, "partitions": [
+                    {"partition": partition, "fetch_offset": offset,
+                     "partition_max_bytes": max_bytes}]}],
+                "forgotten_topics_data": [],
+                "rack_id": "",
+            },
+        )
+        result = body.responses[0].partitions[0]
+        if result.error_code != 0:
+            raise KafkaError(result.error_code, f"fetch {topic}-{partition}@{offset}")
+        return list(read_messages(topic, partition, result.records or b"", from_offset=offset))
+
+    async def consume(
+        self,
+        topic: str,
+        *,
+        partitions: Sequence[int] | None = None,
+        from_beginning: bool = False,
+        group: str | None = None,
+        max_wait_ms: int = 500,
+    ) -> AsyncIterator[Message]:
+        """Every record of the topic's partitions, as it arrives (forever).
+
+        With `group`, the client joins the consumer group (partitions are shared with the
+        group's other members, Kafka-tool members included) and commits what it yields.
+        """
+        if group is not None:
+            from pyralog.log.member import GroupMember
+
+            member = GroupMember(self._conn, group, [topic])
+            try:
+                async for message in member.consume(self, from_beginning=from_beginning,
+                                                    max_wait_ms=max_wait_ms):
+                    yield message
+            finally:
+                await member.leave()
+            return
+        if partitions is None:
+            info = await self.topics([topic])
+            if not info or info[0].error:
+                raise KafkaError(info[0].error if info else 3, f"topic {topic!r}")
+            partitions = range(info[0].partitions)
+        positions = {}
+        for p in partitions:
+            first, last = await self.offsets(topic, p)
+            positions[p] = first if from_beginning else last
+        while True:
+            batches = await asyncio.gather(
+                *(self.fetch(topic, p, positions[p], max_wait_ms=max_wait_ms) for p in positions)
+            )
+            for p, messages in zip(positions, batches, strict=True):
+                for message in messages:
+                    positions[p] = message.offset + 1
+                    yield message
+
+
+__all__ = ["KafkaError", "Message", "PyralogClient", "TopicInfo", "parse_address"]
+
+
