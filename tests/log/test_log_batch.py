@@ -12,7 +12,9 @@ from pyralog.log.records import build_batch, read_messages
 
 
 def _batch(n: int = 3, **kw: int) -> bytes:
-    return build_batch([(None, f"v{i}".encode()) for i in range(n)], timestamp_ms=1_700_000_000_000, **kw)
+    return build_batch(
+        [(None, f"v{i}".encode()) for i in range(n)], timestamp_ms=1_700_000_000_000, **kw
+    )
 
 
 def test_validate_reads_every_header_field() -> None:

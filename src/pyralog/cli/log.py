@@ -19,15 +19,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     broker.add_argument("--listen", default=DEFAULT_BROKER, help="host:port (default %(default)s)")
     broker.add_argument("--advertise", help="host:port clients are told to use (default: --listen)")
     broker.add_argument("--node-id", type=int, default=0)
-    broker.add_argument("--flush", choices=["always", "interval", "never"],
-                        help="default flush policy for new topics (default: interval)")
+    broker.add_argument(
+        "--flush",
+        choices=["always", "interval", "never"],
+        help="default flush policy for new topics (default: interval)",
+    )
     broker.add_argument("--partitions", type=int, help="default partitions of new topics")
-    broker.add_argument("--no-auto-create", action="store_true",
-                        help="refuse to create topics on first use")
+    broker.add_argument(
+        "--no-auto-create", action="store_true", help="refuse to create topics on first use"
+    )
 
     def with_broker(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--broker", "-b", default=os.environ.get("PYRALOG_BROKER", DEFAULT_BROKER),
-                       help="broker host:port (default $PYRALOG_BROKER or %(default)s)")
+        p.add_argument(
+            "--broker",
+            "-b",
+            default=os.environ.get("PYRALOG_BROKER", DEFAULT_BROKER),
+            help="broker host:port (default $PYRALOG_BROKER or %(default)s)",
+        )
         return p
 
     topic = sub.add_parser("topic", help="create, list, describe or delete topics")
@@ -35,8 +43,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     create = with_broker(tsub.add_parser("create", help="create a topic"))
     create.add_argument("name")
     create.add_argument("--partitions", "-p", type=int, default=1)
-    create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                        help="a topic config, e.g. pyralog.flush=always (repeatable)")
+    create.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a topic config, e.g. pyralog.flush=always (repeatable)",
+    )
     with_broker(tsub.add_parser("list", help="list topics"))
     describe = with_broker(tsub.add_parser("describe", help="a topic's partitions and configs"))
     describe.add_argument("name")
@@ -53,11 +66,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     consume.add_argument("topic")
     consume.add_argument("--from-beginning", action="store_true")
     consume.add_argument("--group", "-g", help="join this consumer group (commits offsets)")
-    consume.add_argument("--partition", "-p", type=int, action="append",
-                         help="only these partitions (repeatable; not with --group)")
+    consume.add_argument(
+        "--partition",
+        "-p",
+        type=int,
+        action="append",
+        help="only these partitions (repeatable; not with --group)",
+    )
     consume.add_argument("--count", "-c", type=int, help="exit after this many records")
-    consume.add_argument("--print-offsets", action="store_true",
-                         help="prefix each value with partition:offset")
+    consume.add_argument(
+        "--print-offsets", action="store_true", help="prefix each value with partition:offset"
+    )
 
 
 def _fail(command: str, message: object) -> int:
@@ -102,19 +121,28 @@ async def _broker(args: argparse.Namespace) -> int:
     if args.partitions:
         defaults = dataclasses.replace(defaults, partitions=args.partitions)
     data = Path(args.data)
-    storage = Storage.open(data, defaults)
-    for line in storage.recovery_report():
-        print(f"pyralog broker: {line}", file=sys.stderr)
-    config = BrokerConfig(node_id=args.node_id, advertised_host=adv_host,
-                          advertised_port=adv_port, auto_create_topics=not args.no_auto_create,
-                          defaults=defaults)
+    storage = Storage(data, defaults)
+    storage.open()
+    for report in storage.recovery:
+        print(f"pyralog broker: recovered {report}", file=sys.stderr)
+    config = BrokerConfig(
+        node_id=args.node_id,
+        advertised_host=adv_host,
+        advertised_port=adv_port,
+        auto_create_topics=not args.no_auto_create,
+        defaults=defaults,
+    )
     broker = Broker(storage, config, data)
     try:
         bound = await broker.start(host, port)
         if adv_port == 0:
             broker.ctx.config = dataclasses.replace(config, advertised_port=bound[0][1])
-        print(f"pyralog broker: listening on {', '.join(f'{h}:{p}' for h, p in bound)}, "
-              f"data in {data}", file=sys.stderr, flush=True)
+        print(
+            f"pyralog broker: listening on {', '.join(f'{h}:{p}' for h, p in bound)}, "
+            f"data in {data}",
+            file=sys.stderr,
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,8 +214,9 @@ async def _produce(client: object, args: argparse.Namespace) -> int:
         chunk = await reader.read(1 << 20)
         lines = (partial + chunk).split(b"\n")
         partial = lines.pop() if chunk else b""
-        records = [_record(line.rstrip(b"\r"), args.key_separator) for line in lines if chunk
-                   or line]
+        records = [
+            _record(line.rstrip(b"\r"), args.key_separator) for line in lines if chunk or line
+        ]
         for part in _slices(records):
             await client.produce_batch(args.topic, part, partition=args.partition, acks=args.acks)
             count += len(part)
@@ -228,8 +257,9 @@ async def _consume(client: object, args: argparse.Namespace) -> int:
         raise ValueError("--partition and --group cannot be combined")
     seen = 0
     out = sys.stdout.buffer
-    async for message in client.consume(args.topic, partitions=args.partition,
-                                        from_beginning=args.from_beginning, group=args.group):
+    async for message in client.consume(
+        args.topic, partitions=args.partition, from_beginning=args.from_beginning, group=args.group
+    ):
         if args.print_offsets:
             out.write(f"{message.partition}:{message.offset}\t".encode())
         out.write((message.value or b"") + b"\n")

@@ -27,7 +27,7 @@ from pyralog.log.group_service import GroupService
 from pyralog.log.handlers import API, SUPPORTED
 from pyralog.log.handlers.meta import api_list
 from pyralog.log.storage import Storage
-from pyralog.net import KernelNetwork, Network
+from pyralog.net import Network
 
 log = logging.getLogger("pyralog.log.broker")
 
@@ -65,9 +65,11 @@ class Broker:
     async def start(
         self, host: str, port: int, network: Network | None = None
     ) -> list[tuple[str, int]]:
-        """Listen on host:port through `network` (kernel sockets by default)."""
-        net = network if network is not None else KernelNetwork()
-        server = await net.start_server(self._accept, host, port)
+        """Listen on host:port through `network`, or plain kernel sockets without one."""
+        if network is None:
+            server = await asyncio.start_server(self._accept, host, port)
+        else:
+            server = await network.start_server(self._accept, host, port)
         self._servers.append(server)
         if not self._tasks:
             self.ctx.groups.start()

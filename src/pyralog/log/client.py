@@ -16,12 +16,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pyralog.log.connection import Connection, KafkaError
 from pyralog.log.records import Message, build_batch, read_messages
 from pyralog.net import Network
-
 
 
 def parse_address(address: str, default_port: int = 9092) -> tuple[str, int]:
@@ -109,8 +107,9 @@ class PyralogClient:
         )
         result = body.topics[0]
         if result.error_code != 0:
-            raise KafkaError(result.error_code, f"create topic {name!r}",
-                             getattr(result, "error_message", None))
+            raise KafkaError(
+                result.error_code, f"create topic {name!r}", getattr(result, "error_message", None)
+            )
 
     async def delete_topic(self, name: str) -> None:
         body = await self._conn.call(20, {"topic_names": [name], "timeout": 30_000})
@@ -120,8 +119,13 @@ class PyralogClient:
 
     async def describe_topic(self, name: str) -> dict[str, str]:
         body = await self._conn.call(
-            32, {"resources": [{"resource_type": 2, "resource_name": name,
-                                "configuration_keys": None}], "include_synonyms": False},
+            32,
+            {
+                "resources": [
+                    {"resource_type": 2, "resource_name": name, "configuration_keys": None}
+                ],
+                "include_synonyms": False,
+            },
         )
         result = body.results[0]
         if result.error_code != 0:
@@ -168,8 +172,11 @@ class PyralogClient:
             return -1
         result = body.responses[0].partition_responses[0]
         if result.error_code != 0:
-            raise KafkaError(result.error_code, f"produce to {topic}-{partition}",
-                             getattr(result, "error_message", None))
+            raise KafkaError(
+                result.error_code,
+                f"produce to {topic}-{partition}",
+                getattr(result, "error_message", None),
+            )
         return int(result.base_offset)
 
     # --- consuming ----------------------------------------------------------------
@@ -183,8 +190,12 @@ class PyralogClient:
                 {
                     "replica_id": -1,
                     "isolation_level": 0,
-                    "topics": [{"name": topic, "partitions": [
-                        {"partition_index": partition, "timestamp": stamp}]}],
+                    "topics": [
+                        {
+                            "name": topic,
+                            "partitions": [{"partition_index": partition, "timestamp": stamp}],
+                        }
+                    ],
                 },
             )
             result = body.topics[0].partitions[0]
@@ -213,9 +224,18 @@ class PyralogClient:
                 "isolation_level": 0,
                 "session_id": 0,
                 "session_epoch": -1,
-                "topics": [{"topic": topic, "partitions": [
-                    {"partition": partition, "fetch_offset": offset,
-                     "partition_max_bytes": max_bytes}]}],
+                "topics": [
+                    {
+                        "topic": topic,
+                        "partitions": [
+                            {
+                                "partition": partition,
+                                "fetch_offset": offset,
+                                "partition_max_bytes": max_bytes,
+                            }
+                        ],
+                    }
+                ],
                 "forgotten_topics_data": [],
                 "rack_id": "",
             },
@@ -244,8 +264,9 @@ class PyralogClient:
 
             member = GroupMember(self._conn, group, [topic])
             try:
-                async for message in member.consume(self, from_beginning=from_beginning,
-                                                    max_wait_ms=max_wait_ms):
+                async for message in member.consume(
+                    self, from_beginning=from_beginning, max_wait_ms=max_wait_ms
+                ):
                     yield message
             finally:
                 await member.leave()
@@ -270,5 +291,3 @@ class PyralogClient:
 
 
 __all__ = ["KafkaError", "Message", "PyralogClient", "TopicInfo", "parse_address"]
-
-

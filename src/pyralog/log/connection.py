@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 from pyralog.log import protocol
-from pyralog.net import KernelNetwork, Network
+from pyralog.net import Network
 
 # The version the client speaks for each api, when the broker offers it (kio encodes).
 PREFERRED = {
@@ -67,9 +67,11 @@ class Connection:
         client_id: str = "pyralog",
         timeout: float = 10.0,
     ) -> Connection:
-        net = network if network is not None else KernelNetwork()
         async with asyncio.timeout(timeout):
-            reader, writer = await net.open_connection(host, port)
+            if network is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await network.open_connection(host, port)
             conn = cls(reader, writer, client_id)
             try:
                 await conn._negotiate()
@@ -80,8 +82,9 @@ class Connection:
 
     async def _negotiate(self) -> None:
         self.versions = {18: (0, 3)}
-        body = await self.call(18, {"client_software_name": "pyralog",
-                                    "client_software_version": "1"})
+        body = await self.call(
+            18, {"client_software_name": "pyralog", "client_software_version": "1"}
+        )
         if body.error_code != 0:
             raise KafkaError(body.error_code, "ApiVersions")
         self.versions = {a.api_key: (a.min_version, a.max_version) for a in body.api_keys}
@@ -98,7 +101,10 @@ class Connection:
         version = self.version(api_key)
         correlation = next(self._ids)
         frame = protocol.encode_request(
-            api_key, version, correlation, self._client_id,
+            api_key,
+            version,
+            correlation,
+            self._client_id,
             protocol.request(api_key, version, data),
         )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

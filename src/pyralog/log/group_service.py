@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode as E
 
 from pyralog.log.groups import Completion, GroupCoordinator, JoinResult, SyncResult
-from pyralog.log.offsets import OffsetStore
+from pyralog.log.offsets import OffsetCommit, OffsetStore
 
 if TYPE_CHECKING:
     from pyralog.log.context import Context
@@ -106,8 +106,11 @@ class GroupService:
             "leader": result.leader_id,
             "member_id": result.member_id,
             "members": [
-                {"member_id": m.member_id, "group_instance_id": m.group_instance_id,
-                 "metadata": m.metadata}
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.group_instance_id,
+                    "metadata": m.metadata,
+                }
                 for m in result.members
             ],
         }
@@ -144,11 +147,12 @@ class GroupService:
         if code != E.none:
             return [code] * len(offsets)
         codes = [
-            E.none if self._ctx.storage.partition(t, p) is not None
+            E.none
+            if self._ctx.storage.partition(t, p) is not None
             else E.unknown_topic_or_partition
             for t, p, *_ in offsets
         ]
-        store = [o for o, c in zip(offsets, codes, strict=True) if c == E.none]
+        store = [OffsetCommit(*o) for o, c in zip(offsets, codes, strict=True) if c == E.none]
         if store:
             assert self.offsets is not None
             await self._ctx.run_io(
@@ -192,9 +196,14 @@ class GroupService:
             "protocol_type": d.protocol_type,
             "protocol_data": d.protocol_name,
             "members": [
-                {"member_id": m.member_id, "group_instance_id": m.group_instance_id,
-                 "client_id": m.client_id, "client_host": m.client_host,
-                 "member_metadata": m.metadata, "member_assignment": m.assignment}
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.group_instance_id,
+                    "client_id": m.client_id,
+                    "client_host": m.client_host,
+                    "member_metadata": m.metadata,
+                    "member_assignment": m.assignment,
+                }
                 for m in d.members
             ],
             "authorized_operations": -(2**31),

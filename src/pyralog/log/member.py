@@ -49,8 +49,10 @@ def encode_assignment(partitions: dict[str, list[int]]) -> bytes:
     out.write(struct.pack(">h", 0))
     value = protocol.build(
         ConsumerProtocolAssignment,
-        {"assigned_partitions": [{"topic": t, "partitions": p} for t, p in partitions.items()],
-         "user_data": None},
+        {
+            "assigned_partitions": [{"topic": t, "partitions": p} for t, p in partitions.items()],
+            "user_data": None,
+        },
     )
     entity_writer(ConsumerProtocolAssignment)(out, value)
     return out.getvalue()
@@ -96,12 +98,18 @@ class GroupMember:
 
     async def join(self, client: PyralogClient) -> None:
         while True:
-            body = await self._conn.call(11, {
-                "group_id": self.group, "session_timeout": self.session_ms,
-                "rebalance_timeout": 30_000, "member_id": self.member_id,
-                "group_instance_id": None, "protocol_type": "consumer",
-                "protocols": [{"name": "range", "metadata": encode_subscription(self.topics)}],
-            })
+            body = await self._conn.call(
+                11,
+                {
+                    "group_id": self.group,
+                    "session_timeout": self.session_ms,
+                    "rebalance_timeout": 30_000,
+                    "member_id": self.member_id,
+                    "group_instance_id": None,
+                    "protocol_type": "consumer",
+                    "protocols": [{"name": "range", "metadata": encode_subscription(self.topics)}],
+                },
+            )
             if body.error_code == MEMBER_ID_REQUIRED:
                 self.member_id = body.member_id
                 continue
@@ -119,13 +127,19 @@ class GroupMember:
                 wanted = sorted({t for topics in subs.values() for t in topics})
                 counts = {t.name: t.partitions for t in await client.topics(wanted) if not t.error}
                 plan = range_assign(subs, counts)
-                assignments = [{"member_id": m, "assignment": encode_assignment(p)}
-                               for m, p in plan.items()]
-            sync = await self._conn.call(14, {
-                "group_id": self.group, "generation_id": self.generation,
-                "member_id": self.member_id, "group_instance_id": None,
-                "assignments": assignments,
-            })
+                assignments = [
+                    {"member_id": m, "assignment": encode_assignment(p)} for m, p in plan.items()
+                ]
+            sync = await self._conn.call(
+                14,
+                {
+                    "group_id": self.group,
+                    "generation_id": self.generation,
+                    "member_id": self.member_id,
+                    "group_instance_id": None,
+                    "assignments": assignments,
+                },
+            )
             if sync.error_code in REJOIN:
                 continue
             if sync.error_code != 0:
@@ -137,32 +151,55 @@ class GroupMember:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.session_ms / 3000)
-            body = await self._conn.call(12, {
-                "group_id": self.group, "generation_id": self.generation,
-                "member_id": self.member_id, "group_instance_id": None,
-            })
+            body = await self._conn.call(
+                12,
+                {
+                    "group_id": self.group,
+                    "generation_id": self.generation,
+                    "member_id": self.member_id,
+                    "group_instance_id": None,
+                },
+            )
             if body.error_code in REJOIN:
                 self._rejoin.set()
 
     async def committed(self) -> dict[tuple[str, int], int]:
-        body = await self._conn.call(9, {"group_id": self.group, "topics": [
-            {"name": t, "partition_indexes": p} for t, p in self.assignment.items()]})
+        body = await self._conn.call(
+            9,
+            {
+                "group_id": self.group,
+                "topics": [{"name": t, "partition_indexes": p} for t, p in self.assignment.items()],
+            },
+        )
         if getattr(body, "error_code", 0):
             raise KafkaError(body.error_code, f"offsets of group {self.group!r}")
-        return {(t.name, p.partition_index): int(p.committed_offset)
-                for t in body.topics for p in t.partitions}
+        return {
+            (t.name, p.partition_index): int(p.committed_offset)
+            for t in body.topics
+            for p in t.partitions
+        }
 
     async def commit(self, positions: dict[tuple[str, int], int]) -> None:
         topics: dict[str, list[dict[str, Any]]] = {}
         for (topic, partition), offset in positions.items():
-            topics.setdefault(topic, []).append({
-                "partition_index": partition, "committed_offset": offset,
-                "committed_leader_epoch": -1, "committed_metadata": None})
-        body = await self._conn.call(8, {
-            "group_id": self.group, "generation_id_or_member_epoch": self.generation,
-            "member_id": self.member_id,
-            "group_instance_id": None,
-            "topics": [{"name": t, "partitions": p} for t, p in topics.items()]})
+            topics.setdefault(topic, []).append(
+                {
+                    "partition_index": partition,
+                    "committed_offset": offset,
+                    "committed_leader_epoch": -1,
+                    "committed_metadata": None,
+                }
+            )
+        body = await self._conn.call(
+            8,
+            {
+                "group_id": self.group,
+                "generation_id_or_member_epoch": self.generation,
+                "member_id": self.member_id,
+                "group_instance_id": None,
+                "topics": [{"name": t, "partitions": p} for t, p in topics.items()],
+            },
+        )
         for t in body.topics:
             for p in t.partitions:
                 if p.error_code in REJOIN:
@@ -192,9 +229,12 @@ class GroupMember:
                                 await self._rejoin.wait()
                         continue
                     keys = list(positions)
-                    fetched = await asyncio.gather(*(
-                        client.fetch(t, p, positions[(t, p)], max_wait_ms=max_wait_ms)
-                        for t, p in keys))
+                    fetched = await asyncio.gather(
+                        *(
+                            client.fetch(t, p, positions[(t, p)], max_wait_ms=max_wait_ms)
+                            for t, p in keys
+                        )
+                    )
                     moved = False
                     for key, messages in zip(keys, fetched, strict=True):
                         for message in messages:
@@ -213,6 +253,11 @@ class GroupMember:
         if not self.member_id or self._conn.closed:
             return
         with contextlib.suppress(Exception):
-            await self._conn.call(13, {"group_id": self.group, "member_id": self.member_id,
-                                       "members": [{"member_id": self.member_id,
-                                                    "group_instance_id": None}]})
+            await self._conn.call(
+                13,
+                {
+                    "group_id": self.group,
+                    "member_id": self.member_id,
+                    "members": [{"member_id": self.member_id, "group_instance_id": None}],
+                },
+            )

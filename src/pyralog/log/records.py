@@ -52,9 +52,7 @@ def build_batch(
     """An uncompressed (or gzip-compressed) v2 batch of (key, value) records."""
     if compression not in ("none", "gzip"):
         raise ValueError(f"compression {compression!r}: the client writes none or gzip")
-    stamp = TZAwareMicros.parse(
-        datetime.datetime.fromtimestamp(timestamp_ms / 1000, datetime.UTC)
-    )
+    stamp = TZAwareMicros.parse(datetime.datetime.fromtimestamp(timestamp_ms / 1000, datetime.UTC))
     new = NewRecordBatch(
         producer_id=i64(producer_id),
         producer_epoch=i16(producer_epoch),
@@ -130,7 +128,8 @@ def read_messages(
         batch.validate(data, at)
         if not header.is_control:
             body = decompress(header.compression, data[at + batch.HEADER_SIZE : at + header.size])
-            append_time = header.max_timestamp if header.attributes & batch.TIMESTAMP_LOG_APPEND else None
+            appended = header.attributes & batch.TIMESTAMP_LOG_APPEND
+            append_time = header.max_timestamp if appended else None
             for message in _records(topic, partition, header, body, append_time):
                 if message.offset >= from_offset:
                     yield message

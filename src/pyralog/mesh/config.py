@@ -1,8 +1,8 @@
 """``wireguard.toml``: a node's mesh configuration, read with ``tomllib``.
 
 The sections and keys are the product document's (``[wireguard]``, ``[interface]``,
-``[bootstrap]``, ``[[peer]]``) plus ``[log]`` (the node's broker), checked strictly: an unknown section or key is an error,
-and every error names the file, the section and the key, e.g.
+``[bootstrap]``, ``[[peer]]``) plus ``[log]`` (the node's broker), checked strictly:
+an unknown section or key is an error, and every error names the file, the section and the key, e.g.
 ``wireguard.toml: [interface] listen_port: expected 1-65535, got "abc"``. Sections of
 features still to come (``[dpi_evasion]``, ``[quantum_resistance]``, ``[rosenpass]``,
 ``[encryption]``, and the document's ``[boringtun]``) are accepted and reported in

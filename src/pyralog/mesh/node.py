@@ -239,12 +239,13 @@ class MeshNode:
         defaults = dataclasses.replace(
             TopicConfig(), flush=settings.flush, partitions=settings.partitions
         )
+        storage = Storage(settings.data_dir, defaults)
         try:
-            storage = await asyncio.to_thread(Storage.open, settings.data_dir, defaults)
+            await asyncio.to_thread(storage.open)
         except StorageError as e:
             raise NodeError(f"[log] data_dir: {e}") from None
-        for line in storage.recovery_report():
-            _log(f"log: {line}")
+        for report in storage.recovery:
+            _log(f"log: recovered {report}")
         config = BrokerConfig(
             # Kafka wants an integer broker id: the mesh address is unique in the mesh.
             node_id=int(address) & 0x7FFFFFFF,

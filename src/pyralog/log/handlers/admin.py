@@ -50,7 +50,6 @@ async def _create(ctx: Context, item: Any, validate_only: bool) -> dict[str, Any
         )
         if partitions != -1:
             config = dataclasses.replace(config, partitions=partitions)
-        config.validate()
     except TopicConfigError as e:
         code = E.invalid_partitions if "partitions" in str(e) else E.invalid_config
         return fail(code, str(e))
@@ -83,9 +82,7 @@ async def delete_topics(ctx: Context, req: Request) -> dict[str, Any]:
     responses = []
     for name, topic_id in names:
         if name is None and topic_id is not None:
-            name = next(
-                (t.name for t in ctx.storage.topics() if t.topic_id == topic_id), None
-            )
+            name = next((t.name for t in ctx.storage.topics() if t.topic_id == topic_id), None)
         entry: dict[str, Any] = {
             "name": name,
             "topic_id": topic_id,

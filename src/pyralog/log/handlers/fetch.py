@@ -26,8 +26,7 @@ async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
         if size >= body.min_bytes or failed or remaining <= 0 or not waiters:
             for w in waiters:
                 w.cancel()
-            return {"throttle_time": 0, "error_code": E.none, "session_id": 0,
-                    "responses": topics}
+            return {"throttle_time": 0, "error_code": E.none, "session_id": 0, "responses": topics}
         try:
             async with asyncio.timeout(remaining):
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

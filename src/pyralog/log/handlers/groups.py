@@ -19,19 +19,32 @@ KEY_GROUP = 0
 
 def _coordinator(ctx: Context, key: str, key_type: int) -> dict[str, Any]:
     if key_type != KEY_GROUP:
-        return {"key": key, "error_code": E.coordinator_not_available, "node_id": -1,
-                "host": "", "port": -1, "error_message": "transactions are not supported"}
-    return {"key": key, "error_code": E.none, "node_id": ctx.config.node_id,
-            "host": ctx.config.advertised_host, "port": ctx.config.advertised_port,
-            "error_message": None}
+        return {
+            "key": key,
+            "error_code": E.coordinator_not_available,
+            "node_id": -1,
+            "host": "",
+            "port": -1,
+            "error_message": "transactions are not supported",
+        }
+    return {
+        "key": key,
+        "error_code": E.none,
+        "node_id": ctx.config.node_id,
+        "host": ctx.config.advertised_host,
+        "port": ctx.config.advertised_port,
+        "error_message": None,
+    }
 
 
 async def find_coordinator(ctx: Context, req: Request) -> dict[str, Any]:
     body = req.body
     key_type = getattr(body, "key_type", KEY_GROUP)
     if req.api_version >= 4:
-        return {"throttle_time": 0,
-                "coordinators": [_coordinator(ctx, k, key_type) for k in body.coordinator_keys]}
+        return {
+            "throttle_time": 0,
+            "coordinators": [_coordinator(ctx, k, key_type) for k in body.coordinator_keys],
+        }
     return {"throttle_time": 0, **_coordinator(ctx, body.key, key_type)}
 
 
@@ -93,8 +106,13 @@ async def leave_group(ctx: Context, req: Request) -> dict[str, Any]:
 async def offset_commit(ctx: Context, req: Request) -> dict[str, Any]:
     body = req.body
     offsets = [
-        (t.name, p.partition_index, p.committed_offset, p.committed_metadata,
-         getattr(p, "committed_leader_epoch", -1))
+        (
+            t.name,
+            p.partition_index,
+            p.committed_offset,
+            p.committed_metadata,
+            getattr(p, "committed_leader_epoch", -1),
+        )
         for t in body.topics
         for p in t.partitions
     ]
@@ -104,15 +122,14 @@ async def offset_commit(ctx: Context, req: Request) -> dict[str, Any]:
     topics: dict[str, list[dict[str, Any]]] = {}
     for (topic, partition, *_), code in zip(offsets, codes, strict=True):
         topics.setdefault(topic, []).append({"partition_index": partition, "error_code": code})
-    return {"throttle_time": 0,
-            "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
+    return {"throttle_time": 0, "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
 
 
 async def offset_fetch(ctx: Context, req: Request) -> dict[str, Any]:
     body = req.body
-    wanted = None if body.topics is None else [
-        (t.name, list(t.partition_indexes)) for t in body.topics
-    ]
+    wanted = (
+        None if body.topics is None else [(t.name, list(t.partition_indexes)) for t in body.topics]
+    )
     found = ctx.groups.fetch_offsets(body.group_id, wanted)
     return {
         "throttle_time": 0,
@@ -121,8 +138,13 @@ async def offset_fetch(ctx: Context, req: Request) -> dict[str, Any]:
             {
                 "name": topic,
                 "partitions": [
-                    {"partition_index": p, "committed_offset": offset,
-                     "committed_leader_epoch": epoch, "metadata": meta, "error_code": code}
+                    {
+                        "partition_index": p,
+                        "committed_offset": offset,
+                        "committed_leader_epoch": epoch,
+                        "metadata": meta,
+                        "error_code": code,
+                    }
                     for p, offset, meta, epoch, code in parts
                 ],
             }
@@ -142,5 +164,4 @@ async def list_groups(ctx: Context, req: Request) -> dict[str, Any]:
 
 
 async def describe_groups(ctx: Context, req: Request) -> dict[str, Any]:
-    return {"throttle_time": 0,
-            "groups": [ctx.groups.describe(g) for g in req.body.groups]}
+    return {"throttle_time": 0, "groups": [ctx.groups.describe(g) for g in req.body.groups]}

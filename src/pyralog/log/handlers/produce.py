@@ -86,9 +86,7 @@ async def _append(
         if verdict is not None:
             return _result(index, E(verdict), f"producer {header.producer_id}: rejected")
         try:
-            appended = await ctx.run_io(
-                live.log.append, payload, now_ms=int(time.time() * 1000)
-            )
+            appended = await ctx.run_io(live.log.append, payload, now_ms=int(time.time() * 1000))
         except RecordTooLarge as e:
             return _result(index, E.message_too_large, str(e))
         except batch.CorruptBatch as e:
@@ -121,7 +119,11 @@ async def init_producer_id(ctx: Context, req: Request) -> dict[str, Any]:
     epoch = getattr(body, "producer_epoch", -1)
     if previous >= 0 and 0 <= epoch < 32766:
         # KIP-360: a producer that lost track of its sequences bumps its epoch.
-        return {"throttle_time": 0, "error_code": E.none, "producer_id": previous,
-                "producer_epoch": epoch + 1}
+        return {
+            "throttle_time": 0,
+            "error_code": E.none,
+            "producer_id": previous,
+            "producer_epoch": epoch + 1,
+        }
     pid = await ctx.run_io(ctx.producer_ids.allocate)
     return {"throttle_time": 0, "error_code": E.none, "producer_id": pid, "producer_epoch": 0}
