@@ -1,7 +1,8 @@
 """The log: durable partitions (storage), a Kafka-protocol broker, and a small client.
 
-Reading order: `batch` (the v2 record batch on the wire and on disk) → `index`,
-`segment`, `partition`, `storage` (the files) → `producers` (idempotence) → `groups`
+Reading order: `batch` (the v2 record batch on the wire and on disk) → `topic_config`,
+`errors` → `index`, `walk`, `segment`, `recovery`, `retention`, `partition`, `storage`
+(the files; `fileio` has their shared primitives) → `producers` (idempotence) → `groups`
 (consumer groups) → `protocol` (frames, with `kio`) → `handlers/` (one module per API
 family) → `broker` (the asyncio server) → `client`.
 """
