@@ -113,6 +113,7 @@ def run_kcat(broker: str, topic: str, group: str) -> None:
     proc = subprocess.Popen(
         [
             "kcat",
+            "-u",  # unbuffered: a pipe would otherwise hold the last records back
             "-b",
             broker,
             "-G",

@@ -65,7 +65,7 @@ def start_broker(data: Path, *extra: str, port: int | None = None) -> RunningBro
         if proc.poll() is not None:
             break
     stop_process(proc)
-    raise AssertionError(f"broker did not start: {lines + [buffer.decode(errors='replace')]}")
+    raise AssertionError(f"broker did not start: {[*lines, buffer.decode(errors='replace')]}")
 
 
 def _drain(proc: subprocess.Popen[bytes], lines: list[str]) -> None:

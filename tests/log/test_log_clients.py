@@ -124,7 +124,10 @@ def test_consumer_group_with_two_members_rebalancing(broker: RunningBroker, clie
     b: Member | None = None
     try:
         assert wait_until(lambda: len(a.records) >= 4 * half, timeout=60), (
-            len(a.records), a.assignments, a.errors[-5:])
+            len(a.records),
+            a.assignments,
+            a.errors[-5:],
+        )
         assert a.assigned == {0, 1, 2, 3}
         b = Member(client, broker.address, topic, group)
         # The group rebalances: the two members split the four partitions.
@@ -141,7 +144,11 @@ def test_consumer_group_with_two_members_rebalancing(broker: RunningBroker, clie
             stockclients.produce("confluent", broker.address, topic, recs, partition=p)
         wanted = {(p, o) for p in range(4) for o in range(2 * half)}
         assert wait_until(lambda: wanted <= set(a.records) | set(b.records), timeout=60), (
-            len(a.records), len(b.records), a.assignments, b.assignments)
+            len(a.records),
+            len(b.records),
+            a.assignments,
+            b.assignments,
+        )
         # Each member consumed the second half of exactly its own partitions.
         for member in (a, b):
             late = {p for (p, o) in member.records if o >= half}
