@@ -257,14 +257,17 @@ async def _consume(client: object, args: argparse.Namespace) -> int:
         raise ValueError("--partition and --group cannot be combined")
     seen = 0
     out = sys.stdout.buffer
-    async for message in client.consume(
+    stream = client.consume(
         args.topic, partitions=args.partition, from_beginning=args.from_beginning, group=args.group
-    ):
-        if args.print_offsets:
-            out.write(f"{message.partition}:{message.offset}\t".encode())
-        out.write((message.value or b"") + b"\n")
-        out.flush()
-        seen += 1
-        if args.count is not None and seen >= args.count:
-            break
+    )
+    # Closing the stream commits what was printed (with --group) and leaves the group.
+    async with contextlib.aclosing(stream):
+        async for message in stream:
+            if args.print_offsets:
+                out.write(f"{message.partition}:{message.offset}\t".encode())
+            out.write((message.value or b"") + b"\n")
+            out.flush()
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
     return 0

@@ -13,6 +13,7 @@ which requests to send and what their answers mean.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ def parse_address(address: str, default_port: int = 9092) -> tuple[str, int]:
     return host, int(port)
 
 
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
     name: str
@@ -45,6 +49,7 @@ class PyralogClient:
         self._conn = conn
         self._bootstrap = bootstrap
         self._network = network
+        self._known: set[str] = set()
 
     @classmethod
     async def connect(
@@ -76,12 +81,17 @@ class PyralogClient:
 
     # --- topics -------------------------------------------------------------------
 
-    async def topics(self, names: Sequence[str] | None = None) -> list[TopicInfo]:
+    async def topics(
+        self, names: Sequence[str] | None = None, *, create: bool = False
+    ) -> list[TopicInfo]:
+        """Topics and their partition counts (`create`: let the broker auto-create)."""
         body = await self._conn.call(
             3,
             {
                 "topics": None if names is None else [{"name": n} for n in names],
-                "allow_auto_topic_creation": False,
+                "allow_auto_topic_creation": create,
+                "include_cluster_authorized_operations": False,
+                "include_topic_authorized_operations": False,
             },
         )
         return [TopicInfo(t.name, len(t.partitions), int(t.error_code)) for t in body.topics]
@@ -171,6 +181,12 @@ class PyralogClient:
         if body is None:
             return -1
         result = body.responses[0].partition_responses[0]
+        if result.error_code == UNKNOWN_TOPIC_OR_PARTITION and topic not in self._known:
+            # As Kafka's clients do: a Metadata request lets the broker auto-create it.
+            self._known.add(topic)
+            await self.topics([topic], create=True)
+            body = await self._conn.call(0, data)
+            result = body.responses[0].partition_responses[0]
         if result.error_code != 0:
             raise KafkaError(
                 result.error_code,
@@ -258,16 +274,17 @@ class PyralogClient:
 
         With `group`, the client joins the consumer group (partitions are shared with the
         group's other members, Kafka-tool members included) and commits what it yields.
+        Close the iterator (`contextlib.aclosing`) to commit the last records and leave.
         """
         if group is not None:
             from pyralog.log.member import GroupMember
 
             member = GroupMember(self._conn, group, [topic])
+            stream = member.consume(self, from_beginning=from_beginning, max_wait_ms=max_wait_ms)
             try:
-                async for message in member.consume(
-                    self, from_beginning=from_beginning, max_wait_ms=max_wait_ms
-                ):
-                    yield message
+                async with contextlib.aclosing(stream):
+                    async for message in stream:
+                        yield message
             finally:
                 await member.leave()
             return

@@ -210,7 +210,11 @@ class GroupMember:
     async def consume(
         self, client: PyralogClient, *, from_beginning: bool, max_wait_ms: int
     ) -> AsyncIterator[Message]:
+        """Records of the assigned partitions; what was yielded is committed (after each
+        fetch, and when the consumer stops), so the group resumes after it."""
         beat: asyncio.Task[None] | None = None
+        positions: dict[tuple[str, int], int] = {}
+        uncommitted = False
         try:
             while True:
                 await self.join(client)
@@ -235,15 +239,18 @@ class GroupMember:
                             for t, p in keys
                         )
                     )
-                    moved = False
                     for key, messages in zip(keys, fetched, strict=True):
                         for message in messages:
                             positions[key] = message.offset + 1
-                            moved = True
+                            uncommitted = True
                             yield message
-                    if moved:
+                    if uncommitted:
                         await self.commit(positions)
+                        uncommitted = False
         finally:
+            if uncommitted and not self._conn.closed:
+                with contextlib.suppress(Exception):
+                    await self.commit(positions)
             if beat is not None:
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
