@@ -4,6 +4,7 @@ with one message naming the file, the section and the key."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,40 @@ def test_join_token_from_the_environment_wins_over_the_file() -> None:
 def test_join_token_without_a_coordinator_is_an_error() -> None:
     with pytest.raises(MeshConfigError, match="PYRALOG_JOIN_TOKEN: a token needs a coordinator"):
         parse('[interface]\nprivate_key_file = "k"\n', env={"PYRALOG_JOIN_TOKEN": "t"})
+
+
+LOG_BASE = '[interface]\nprivate_key_file = "k"\naddress = "10.0.0.1/24"\n'
+
+
+def test_log_section_defaults_and_values() -> None:
+    plain = parse(LOG_BASE, "/etc/pyralog/wireguard.toml")
+    assert plain.log.enabled and plain.log.port == 9092 and plain.log.flush == "interval"
+    assert plain.log.data_dir == Path("/etc/pyralog/data")
+    c = parse(
+        LOG_BASE + '[log]\nenabled = false\ndata_dir = "/srv/log"\nport = 19092\n'
+        'flush = "always"\npartitions = 6\nauto_create_topics = false\n',
+        "/etc/pyralog/wireguard.toml",
+    )
+    assert c.log.enabled is False and c.log.data_dir == Path("/srv/log")
+    assert (c.log.port, c.log.flush, c.log.partitions, c.log.auto_create_topics) == (
+        19092,
+        "always",
+        6,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('flush = "sometimes"', '[log] flush: expected one of "always", "interval", "never"'),
+        ("port = 0", "[log] port: expected 1-65535, got 0"),
+        ("partitions = 0", "[log] partitions: expected 1-10000"),
+        ('enabled = "yes"', "[log] enabled: expected true or false"),
+        ("colour = 1", "[log] colour: unknown key"),
+        ("port = true", "[log] port: expected an integer, got true"),
+    ],
+)
+def test_log_section_errors_name_the_key(body: str, message: str) -> None:
+    with pytest.raises(MeshConfigError, match=re.escape(message)):
+        parse(LOG_BASE + "[log]\n" + body + "\n", "wireguard.toml")
