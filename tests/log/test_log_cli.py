@@ -123,3 +123,13 @@ def test_broker_refuses_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
     proc = pyralog("broker", "--data", str(target), "--listen", f"127.0.0.1:{free_port()}")
     assert proc.returncode == 1
     assert str(target).encode() in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_broker_refuses_damaged_state_files_with_one_line(tmp_path: Path) -> None:
+    for name, junk in (("producer-ids", "twelve\n"), ("groups.sqlite", "not a database" * 100)):
+        data = tmp_path / name.replace(".", "-")
+        data.mkdir()
+        (data / name).write_text(junk)
+        proc = pyralog("broker", "--data", str(data), "--listen", f"127.0.0.1:{free_port()}")
+        assert proc.returncode == 1, proc.stderr
+        assert name.encode() in proc.stderr and b"Traceback" not in proc.stderr

@@ -72,6 +72,10 @@ class Broker:
             server = await network.start_server(self._accept, host, port)
         self._servers.append(server)
         if not self._tasks:
+            try:
+                self.ctx.producer_ids.check()
+            except ValueError as e:
+                raise StorageError(str(e)) from None
             self.ctx.groups.start()
             self._tasks.append(asyncio.create_task(self._housekeeping()))
         return [s.getsockname()[:2] for s in server.sockets]

@@ -49,7 +49,9 @@ class LivePartition:
 
     def __init__(self, log: PartitionLog) -> None:
         self.log = log
-        self.producers = ProducerTable.rebuild(log.headers())
+        # Rebuilt from the log's batch headers on first produce, off the event loop
+        # (`Context.producers`): a long log takes a while to scan.
+        self.producers: ProducerTable | None = None
         # Appends to one partition are serialized, in arrival order (asyncio.Lock is FIFO).
         self.append_lock = asyncio.Lock()
         self._waiters: set[asyncio.Future[None]] = set()
@@ -102,6 +104,12 @@ class Context:
             live = LivePartition(log)
             self._live[key] = live
         return live
+
+    async def producers(self, live: LivePartition) -> ProducerTable:
+        """The partition's idempotence state (call with its append lock held)."""
+        if live.producers is None:
+            live.producers = await self.run_io(lambda: ProducerTable.rebuild(live.log.headers()))
+        return live.producers
 
     def forget_topic(self, topic: str) -> None:
         for key in [k for k in self._live if k[0] == topic]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode as E
 
+from pyralog.log.errors import StorageError
 from pyralog.log.groups import Completion, GroupCoordinator, JoinResult, SyncResult
 from pyralog.log.offsets import OffsetCommit, OffsetStore
 
@@ -35,10 +37,14 @@ class GroupService:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.offsets = OffsetStore(self._path)
+        try:
+            self.offsets = OffsetStore(self._path)
+            groups = self.offsets.groups()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self._path}: committed offsets unreadable: {e}") from None
         self.coordinator = GroupCoordinator(
             initial_rebalance_delay_ms=self._ctx.config.initial_rebalance_delay_ms,
-            groups_with_offsets=self.offsets.groups(),
+            groups_with_offsets=groups,
         )
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._timers())

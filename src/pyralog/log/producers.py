@@ -110,6 +110,10 @@ class ProducerIds:
         self._next = 0
         self._limit = 0
 
+    def check(self) -> None:
+        """Read the counter once, so a damaged file stops the broker at start-up."""
+        self._read()
+
     def allocate(self) -> int:
         if self._next >= self._limit:
             start = self._read()

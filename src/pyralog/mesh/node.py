@@ -262,8 +262,13 @@ class MeshNode:
             return self.state is None or self.directory.permits(host, port)
 
         self.broker = Broker(storage, config, settings.data_dir, admit=admit)
-        for a in network.addresses:
-            await self.broker.start(str(a), port, network)
+        try:
+            for a in network.addresses:
+                await self.broker.start(str(a), port, network)
+        except StorageError as e:
+            raise NodeError(f"[log] data_dir: {e}") from None
+        except OSError as e:
+            raise NodeError(f"[log] port {port}: cannot listen: {e.strerror or e}") from None
 
     async def _greet_peers(self) -> None:
         """Handshake with every peer now. After a restart our peers still hold sessions

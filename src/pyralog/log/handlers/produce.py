@@ -75,7 +75,8 @@ async def _append(
     ctx: Context, live: LivePartition, index: int, payload: bytes, header: batch.BatchHeader
 ) -> dict[str, Any]:
     async with live.append_lock:
-        verdict = live.producers.check(header)
+        producers = await ctx.producers(live)
+        verdict = producers.check(header)
         if isinstance(verdict, Duplicate):
             return _result(
                 index,
@@ -95,7 +96,7 @@ async def _append(
             ctx.log_storage_error(e)
             return _result(index, E.kafka_storage_error, str(e))
         for assigned in appended.headers:
-            live.producers.record(assigned)
+            producers.record(assigned)
     live.notify()
     return _result(
         index,
