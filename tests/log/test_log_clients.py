@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 import stockclients
 from logbroker import RunningBroker, running_broker
 
-from processes import wait_until
+from processes import console_script, wait_until
 from pyralog.log.client import PyralogClient
 
 N = 10_000
@@ -178,3 +179,59 @@ async def _committed(address: str, group: str, topic: str) -> dict[int, int]:
             9, {"group_id": group, "topics": [{"name": topic, "partition_indexes": [0, 1, 2, 3]}]}
         )
         return {p.partition_index: p.committed_offset for t in body.topics for p in t.partitions}
+
+
+def test_pyralog_consumer_shares_a_group_with_a_kcat_member(broker: RunningBroker) -> None:
+    if reason := stockclients.missing("kcat"):
+        pytest.skip(reason)
+    topic, group = "mixed-group", "g-mixed"
+    asyncio.run(_create(broker.address, topic, 4))
+    kcat = Member("kcat", broker.address, topic, group)
+    ours = subprocess.Popen(
+        [
+            str(console_script("pyralog")),
+            "consume",
+            topic,
+            "--group",
+            group,
+            "--from-beginning",
+            "--print-offsets",
+            "-b",
+            broker.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: dict[tuple[int, int], str] = {}
+
+    def read() -> None:
+        assert ours.stdout is not None
+        for line in ours.stdout:
+            where, _, value = line.rstrip("\n").partition("\t")
+            p, o = where.split(":")
+            seen[(int(p), int(o))] = value
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        # Both members in one generation: kcat holds some of the four partitions.
+        assert wait_until(lambda: kcat.assigned and len(kcat.assigned) < 4, timeout=60), (
+            kcat.assignments
+        )
+        time.sleep(1)
+        recs = {p: stockclients.records(200, f"{topic}-{p}") for p in range(4)}
+        for p, r in recs.items():
+            stockclients.produce("confluent", broker.address, topic, r, partition=p)
+        wanted = {(p, o) for p in range(4) for o in range(200)}
+        assert wait_until(lambda: wanted <= set(seen) | set(kcat.records), timeout=60), (
+            len(seen),
+            len(kcat.records),
+            kcat.assignments,
+        )
+        ours_parts = {p for p, _ in seen}
+        assert ours_parts and ours_parts.isdisjoint(kcat.assigned)
+        assert ours_parts | kcat.assigned == {0, 1, 2, 3}
+    finally:
+        kcat.stop()
+        ours.terminate()
+        ours.wait(timeout=20)
