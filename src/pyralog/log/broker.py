@@ -31,9 +31,11 @@ from pyralog.net import Network
 
 log = logging.getLogger("pyralog.log.broker")
 
-# Frames read ahead of the one being answered (librdkafka pipelines up to 1M by
-# default; reading stops here until the answers catch up).
+# Frames read ahead of the one being answered (librdkafka pipelines deeply); reading
+# stops at this many frames or bytes until the answers catch up, so one connection
+# holds at most one more frame beyond the byte bound.
 READ_AHEAD = 64
+READ_AHEAD_BYTES = 16 * 1024 * 1024
 MAX_CONNECTIONS = 4096
 
 
@@ -134,7 +136,7 @@ class Broker:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: tuple[Any, ...]
     ) -> None:
-        frames: asyncio.Queue[bytes | None] = asyncio.Queue(READ_AHEAD)
+        frames = _Inbox()
         reading = asyncio.create_task(self._read_frames(reader, frames, peer))
         try:
             while True:
@@ -154,13 +156,14 @@ class Broker:
     async def _read_frames(
         self,
         reader: asyncio.StreamReader,
-        frames: asyncio.Queue[bytes | None],
+        frames: _Inbox,
         peer: tuple[Any, ...],
     ) -> None:
         try:
             while True:
                 prefix = await reader.readexactly(4)
                 size = protocol.frame_size(prefix)
+                await frames.room()
                 await frames.put(await reader.readexactly(size))
         except protocol.MalformedRequest as e:
             log.info("closing connection from %s: %s", peer, e)
@@ -216,3 +219,29 @@ class Broker:
                 e.api_version,
             )
             raise ConnectionResetError("unsupported api version") from None
+
+
+class _Inbox:
+    """Frames read ahead on one connection, bounded by count and by bytes."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(READ_AHEAD)
+        self._bytes = 0
+        self._drained = asyncio.Event()
+
+    async def room(self) -> None:
+        while self._bytes > READ_AHEAD_BYTES:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def put(self, frame: bytes | None) -> None:
+        if frame is not None:
+            self._bytes += len(frame)
+        await self._queue.put(frame)
+
+    async def get(self) -> bytes | None:
+        frame = await self._queue.get()
+        if frame is not None:
+            self._bytes -= len(frame)
+            self._drained.set()
+        return frame
