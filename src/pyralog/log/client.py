@@ -82,6 +82,9 @@ class PyralogClient:
             {
                 "topics": None if names is None else [{"name": n} for n in names],
                 "allow_auto_topic_creation": False,
+                # Required by Metadata v8+ (kio has no default for them).
+                "include_cluster_authorized_operations": False,
+                "include_topic_authorized_operations": False,
             },
         )
         return [TopicInfo(t.name, len(t.partitions), int(t.error_code)) for t in body.topics]
