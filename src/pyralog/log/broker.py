@@ -127,6 +127,10 @@ class Broker:
             await self._serve(reader, writer, tuple(peer[:2]))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels a connection. End normally: asyncio's stream callback
+            # (Python 3.11) would log a cancelled connection task as an error.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()

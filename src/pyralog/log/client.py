@@ -90,6 +90,7 @@ class PyralogClient:
             {
                 "topics": None if names is None else [{"name": n} for n in names],
                 "allow_auto_topic_creation": create,
+                # Required by Metadata v8+ (kio has no default for them).
                 "include_cluster_authorized_operations": False,
                 "include_topic_authorized_operations": False,
             },

@@ -251,7 +251,8 @@ class MeshNode:
             node_id=int(address) & 0x7FFFFFFF,
             advertised_host=str(address),
             advertised_port=settings.port,
-            cluster_id=(self.config.bootstrap and self.config.bootstrap.cluster_id) or "pyralog",
+            # The mesh's cluster id (from enrollment; the file's [bootstrap] may not say).
+            cluster_id=self.state.cluster_id if self.state is not None else "pyralog",
             auto_create_topics=settings.auto_create_topics,
             defaults=defaults,
         )
