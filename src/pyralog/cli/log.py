@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -113,6 +114,10 @@ async def _broker(args: argparse.Namespace) -> int:
     from pyralog.log.storage import Storage
     from pyralog.log.topic_config import TopicConfig
 
+    # The broker's own log lines (refused or malformed connections, storage errors).
+    logging.basicConfig(
+        level=logging.INFO, format="pyralog broker: %(levelname)s: %(message)s", stream=sys.stderr
+    )
     host, port = parse_address(args.listen)
     adv_host, adv_port = parse_address(args.advertise) if args.advertise else (host, port)
     defaults = TopicConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,10 @@ def run_node(args: argparse.Namespace) -> int:
     from pyralog.mesh.state import StateError
     from pyralog.mesh.tomlsection import ConfigError
 
+    # Library log lines (the broker's refused or malformed connections, storage errors).
+    logging.basicConfig(
+        level=logging.INFO, format="pyralog node: %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         config = mesh_config.load(args.config)
         asyncio.run(_until_signalled(lambda stop: node.run(config, stop)))
