@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 
+from pyralog.cli.stopping import stop_event
 from pyralog.wireguard.config import ConfigFileError, load
 
 
@@ -106,11 +105,7 @@ async def _serve(config, forwards, reverses) -> int:  # type: ignore[no-untyped-
         tunnel.listen_port,
         ", ".join(str(a) for a in config.interface.addresses),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await stop.wait()
     log.info("shutting down")
     await forwarder.close()

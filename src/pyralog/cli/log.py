@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
+
+from pyralog.cli.stopping import stop_event
 
 DEFAULT_BROKER = "127.0.0.1:9092"
 
@@ -148,11 +149,7 @@ async def _broker(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         await stop.wait()
     finally:
         await broker.close()

@@ -68,11 +68,15 @@ class GroupService:
 
     # -- waiting tickets ------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _complete(self) -> None:
+        """Answer every ticket the coordinator completed since the last poll."""
         for done in self._coord.poll(time.monotonic()):
             future = self._futures.pop(done, None)
             if future is not None and not future.done():
                 future.set_result(done.result)
+
+    def _dispatch(self) -> None:
+        self._complete()
         if self._wake is not None:
             self._wake.set()  # the next deadline may have moved
 
@@ -94,10 +98,7 @@ class GroupService:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
-            for done in self._coord.poll(time.monotonic()):
-                future = self._futures.pop(done, None)
-                if future is not None and not future.done():
-                    future.set_result(done.result)
+            self._complete()
 
     # -- the requests -----------------------------------------------------------------
 
