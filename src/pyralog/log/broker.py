@@ -121,6 +121,11 @@ class Broker:
             await self._serve(reader, writer, tuple(peer[:2]))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels every connection. Ending the task normally matters: Python
+            # 3.11's start_server callback calls task.exception() on it, which raises for
+            # a cancelled task and prints a traceback per open connection at shutdown.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
