@@ -60,8 +60,10 @@ PEER = ("127.0.0.1", 40000)
 # Requests that may legitimately wait (long-poll Fetch, a rebalance in JoinGroup or
 # SyncGroup): a time-out answering them is not a failure.
 WAITING = {1, 11, 14}
-ANSWER_TIMEOUT = 1.0
-TCP_TIMEOUT = 3.0
+# How long an answer may take: short for those that may wait by right, generous for
+# the rest (a slow disk under CI load must not look like a hang).
+WAIT_TIMEOUT = 1.0
+ANSWER_TIMEOUT = 15.0
 RECORDS = 20
 # Peak memory may grow this much over the whole fuzz run (frames are small; an
 # unbounded allocation from a hostile length would be far larger).
@@ -307,7 +309,7 @@ def _mutations(corpus: list[bytes]) -> st.SearchStrategy[tuple[bytes, bool]]:
         st.tuples(st.just("splice"), st.sampled_from(corpus), position, position),
         st.tuples(st.just("size"), int32),
         # Decoded, one field set to a hostile value, encoded again: a valid frame with
-        # values a handler must cope with (twice, to weigh it like the byte-level ones).
+        # values a handler must cope with (listed twice: drawn twice as often).
         st.tuples(st.just("field"), position, position),
         st.tuples(st.just("field"), position, position),
     )
@@ -354,7 +356,7 @@ def _apply(frame: bytes, ops: list[tuple[Any, ...]], honest: bool) -> tuple[byte
 _BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
 _STRINGS = ["", ".", "x" * 300, "\u00e9\u0000/../", "a" * 250, None]
 _BYTES = [b"", bytes(100), b"\xff" * 61, None]
-Path_ = tuple[tuple[str, int | None], ...]
+FieldPath = tuple[tuple[str, int | None], ...]
 
 
 def _hostile(kind: str | None, current: Any, choice: int) -> Any:
@@ -380,9 +382,9 @@ def _hostile(kind: str | None, current: Any, choice: int) -> Any:
     return pool[choice % len(pool)]
 
 
-def _leaves(entity: Any, path: Path_ = ()) -> list[tuple[Path_, str | None, Any]]:
+def _leaves(entity: Any, path: FieldPath = ()) -> list[tuple[FieldPath, str | None, Any]]:
     """Every field of a decoded request, nested ones and array elements included."""
-    out: list[tuple[Path_, str | None, Any]] = []
+    out: list[tuple[FieldPath, str | None, Any]] = []
     for f in dataclasses.fields(entity):
         value = getattr(entity, f.name)
         kind = f.metadata.get("kafka_type")
@@ -399,7 +401,7 @@ def _leaves(entity: Any, path: Path_ = ()) -> list[tuple[Path_, str | None, Any]
     return out
 
 
-def _set(entity: Any, path: Path_, value: Any) -> Any:
+def _set(entity: Any, path: FieldPath, value: Any) -> Any:
     (name, index), rest = path[0], path[1:]
     current = getattr(entity, name)
     if index is None:
@@ -458,9 +460,12 @@ def check_response(request: bytes, out: bytes) -> None:
 def answer(fuzz: Fuzzed, frame: bytes) -> bytes | str | None:
     """What `_answer` made of `frame`: bytes, None, "closed" or "waiting"."""
 
+    key = protocol.peek(frame)[0] if len(frame) >= 8 else None
+    limit = WAIT_TIMEOUT if key in WAITING else ANSWER_TIMEOUT
+
     async def go() -> bytes | str | None:
         try:
-            async with asyncio.timeout(ANSWER_TIMEOUT):
+            async with asyncio.timeout(limit):
                 return await fuzz.broker.broker._answer(frame, PEER)
         except ConnectionResetError:
             return "closed"
@@ -508,13 +513,15 @@ def check_tcp(fuzz: Fuzzed, data: bytes) -> None:
     )
     stream = data + probe
     frames, _ = split_stream(stream)
-    with FrameClient(fuzz.broker.port, timeout=TCP_TIMEOUT) as conn:
+    waiting = any(len(f) >= 2 and struct.unpack_from(">h", f)[0] in WAITING for f in frames)
+    limit = 2 * WAIT_TIMEOUT if waiting else ANSWER_TIMEOUT
+    with FrameClient(fuzz.broker.port, timeout=limit) as conn:
         with contextlib.suppress(ConnectionError):
             conn.send(stream)
             conn.sock.shutdown(socket.SHUT_WR)
         answers: list[bytes] = []
         finished = False
-        deadline = time.monotonic() + TCP_TIMEOUT
+        deadline = time.monotonic() + limit
         while not finished and time.monotonic() < deadline:
             try:
                 frame = conn.read_frame()
@@ -524,7 +531,6 @@ def check_tcp(fuzz: Fuzzed, data: bytes) -> None:
                 finished = True
             else:
                 answers.append(frame)
-    waiting = any(len(f) >= 2 and struct.unpack_from(">h", f)[0] in WAITING for f in frames)
     assert finished or waiting, "the broker kept the connection open"
     # Answers come in request order: each matches the next request that gets one.
     pending = iter(frames)
