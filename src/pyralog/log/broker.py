@@ -24,7 +24,7 @@ from pyralog.log import protocol
 from pyralog.log.context import BrokerConfig, Context
 from pyralog.log.errors import StorageError
 from pyralog.log.group_service import GroupService
-from pyralog.log.handlers import API, SUPPORTED
+from pyralog.log.handlers import API, SUPPORTED, error_response
 from pyralog.log.handlers.meta import api_list
 from pyralog.log.storage import Storage
 from pyralog.net import Network
@@ -128,8 +128,9 @@ class Broker:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            # Only close() cancels a connection. End normally: asyncio's stream callback
-            # (Python 3.11) would log a cancelled connection task as an error.
+            # close() cancels every connection. Ending the task normally matters: Python
+            # 3.11's start_server callback calls task.exception() on it, which raises for
+            # a cancelled task and prints a traceback per open connection at shutdown.
             pass
         finally:
             self._connections.discard(task)
@@ -182,7 +183,7 @@ class Broker:
             request = protocol.decode_request(frame, SUPPORTED)
             request = dataclasses.replace(request, peer_host=str(peer[0]))
         except protocol.UnsupportedVersion as e:
-            return self._unsupported(e, peer)
+            return self._unsupported(e, frame, peer)
         except protocol.MalformedRequest as e:
             log.info("closing connection from %s: malformed request: %s", peer, e)
             raise ConnectionResetError(str(e)) from None
@@ -201,7 +202,9 @@ class Broker:
             request.api_key, request.api_version, request.correlation_id, body
         )
 
-    def _unsupported(self, e: protocol.UnsupportedVersion, peer: tuple[Any, ...]) -> bytes:
+    def _unsupported(
+        self, e: protocol.UnsupportedVersion, frame: bytes, peer: tuple[Any, ...]
+    ) -> bytes:
         if e.api_key == protocol.API_VERSIONS_KEY:
             # KIP-511: answer an unknown ApiVersions version with v0 and our ranges.
             body = protocol.response(
@@ -210,10 +213,12 @@ class Broker:
             return protocol.encode_response(18, 0, e.correlation_id, body)
         try:
             # A version kio knows but this broker does not serve: Kafka's error code in
-            # that version's response (top-level where the schema has one).
-            body = protocol.response(
-                e.api_key, e.api_version, {"error_code": E.unsupported_version}
-            )
+            # that version's response, on every entry where it has no top-level one
+            # (so the request is decoded with that version's schema to name them).
+            request = protocol.decode_request(frame, {e.api_key: (e.api_version, e.api_version)})
+            message = f"api {e.api_key} v{e.api_version} is not supported"
+            data = error_response(e.api_key, request.body, E.unsupported_version, message)
+            body = protocol.response(e.api_key, e.api_version, data)
             return protocol.encode_response(e.api_key, e.api_version, e.correlation_id, body)
         except Exception:
             log.info(

@@ -51,3 +51,84 @@ API: dict[int, Api] = {
 SUPPORTED: dict[int, tuple[int, int]] = {
     key: (api.min_version, api.max_version) for key, api in API.items()
 }
+
+
+def error_response(api_key: int, body: Any, code: int, message: str) -> dict[str, Any]:
+    """The response data that refuses a whole request `body` with `code`.
+
+    Where the response has a top-level error code that carries it; the responses of
+    Produce, ListOffsets, OffsetCommit, OffsetFetch v8+, FindCoordinator v4+ and
+    DescribeGroups have none, so there (as Kafka's getErrorResponse does) every entry
+    the request named gets the code, else a client would read an empty answer as success.
+    """
+    data: dict[str, Any] = {
+        "throttle_time": 0,
+        "error_code": code,
+        "error_message": message,
+        # JoinGroup's and InitProducerId's required fields: no member, no producer.
+        "generation_id": -1,
+        "leader": "",
+        "member_id": "",
+        "producer_id": -1,
+        "producer_epoch": -1,
+    }
+    if api_key == 0:
+        data["responses"] = [
+            {
+                "name": getattr(t, "name", ""),
+                "topic_id": getattr(t, "topic_id", None),
+                "partition_responses": [
+                    {
+                        "index": p.index,
+                        "error_code": code,
+                        "base_offset": -1,
+                        "log_append_time": -1,
+                        "log_start_offset": -1,
+                        "record_errors": [],
+                        "error_message": message,
+                    }
+                    for p in t.partition_data
+                ],
+            }
+            for t in body.topic_data
+        ]
+    elif api_key in (2, 8):
+        data["topics"] = [
+            {
+                "name": t.name,
+                "partitions": [
+                    {"partition_index": p.partition_index, "error_code": code} for p in t.partitions
+                ],
+            }
+            for t in body.topics
+        ]
+    elif api_key == 9 and hasattr(body, "groups"):
+        data["groups"] = [
+            {"group_id": g.group_id, "error_code": code, "topics": []} for g in body.groups
+        ]
+    elif api_key == 10 and hasattr(body, "coordinator_keys"):
+        data["coordinators"] = [
+            {
+                "key": key,
+                "node_id": -1,
+                "host": "",
+                "port": -1,
+                "error_code": code,
+                "error_message": message,
+            }
+            for key in body.coordinator_keys
+        ]
+    elif api_key == 15:
+        data["groups"] = [
+            {
+                "error_code": code,
+                "error_message": message,
+                "group_id": group,
+                "group_state": "",
+                "protocol_type": "",
+                "protocol_data": "",
+                "members": [],
+            }
+            for group in body.groups
+        ]
+    return data

@@ -14,6 +14,10 @@ from pyralog.log.protocol import Request, ms
 
 LATEST = -1
 EARLIEST = -2
+# Kafka's broker-side fetch.max.bytes: one response holds at most this much, whatever
+# the request's max_bytes (a request naming one partition many times, each with a big
+# partition_max_bytes, would otherwise build a response of gigabytes in memory).
+FETCH_MAX_BYTES = 55 * 1024 * 1024
 
 
 async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
@@ -41,7 +45,7 @@ def _collect(
     ctx: Context, body: Any
 ) -> tuple[list[dict[str, Any]], int, list[asyncio.Future[None]], bool]:
     """One pass over the request's partitions: data, bytes, what to wait on, any error."""
-    max_bytes = body.max_bytes if body.max_bytes > 0 else 2**31 - 1
+    max_bytes = min(body.max_bytes, FETCH_MAX_BYTES) if body.max_bytes > 0 else FETCH_MAX_BYTES
     total = 0
     failed = False
     waiters: list[asyncio.Future[None]] = []
