@@ -90,3 +90,24 @@ def test_reader_skips_a_batch_cut_short_by_fetch() -> None:
     batch.assign(b, 2)
     messages = list(read_messages("t", 0, a + bytes(b[:30])))
     assert [m.offset for m in messages] == [0, 1]
+
+
+def _recrc(data: bytearray) -> bytearray:
+    struct.pack_into(">I", data, 17, crc32c(bytes(data[21:])))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        # A record's length prefix made to overrun the batch, with a CRC to match.
+        (lambda b: b[: batch.HEADER_SIZE] + b"\x7e" + b[batch.HEADER_SIZE + 1 :], "records end"),
+        (lambda b: b + b"\0", "records fill"),
+        (lambda b: b[: batch.HEADER_SIZE] + b"\x01", "negative length"),
+    ],
+)
+def test_well_checksummed_garbage_records_are_refused(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    data = bytearray(mutate(bytearray(_batch(3))))
+    struct.pack_into(">i", data, 8, len(data) - batch.LOG_OVERHEAD)
+    with pytest.raises(batch.CorruptBatch, match=reason):
+        batch.validate(_recrc(data))

@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from crc32c import crc32c
+from kio.serial.readers import read_signed_varint
 
 HEADER_SIZE = 61
 # Bytes before the batch_length field's coverage starts (base_offset + batch_length).
@@ -136,7 +137,37 @@ def validate(data: bytes | bytearray | memoryview, at: int = 0) -> BatchHeader:
         )
     if crc_of(data, at, header) != header.crc:
         raise CorruptBatch("record batch CRC-32C mismatch")
+    if header.compression == 0:
+        _check_framing(data, at, header)
     return header
+
+
+def _check_framing(data: bytes | bytearray | memoryview, at: int, header: BatchHeader) -> None:
+    """Uncompressed records must exactly fill the batch: walk their length prefixes.
+
+    A producer's CRC covers whatever it sent, garbage included, so this is what keeps a
+    well-checksummed but malformed batch from reaching consumers. (Compressed batches
+    are stored unopened: the broker never decompresses.)
+    """
+    pos = at + HEADER_SIZE
+    end = at + header.size
+    # kio's native reader takes only read-only buffers.
+    view = memoryview(data).toreadonly()
+    for _ in range(header.records_count):
+        if pos >= end:
+            raise CorruptBatch("records end before the batch's record count")
+        try:
+            length, used = read_signed_varint(view, pos)
+        except Exception:
+            raise CorruptBatch("a record's length prefix is unreadable") from None
+        if length < 0:
+            raise CorruptBatch("a record has a negative length")
+        pos += used + length
+    if pos != end:
+        raise CorruptBatch(
+            f"records fill {pos - at - HEADER_SIZE} bytes of a "
+            f"{end - at - HEADER_SIZE}-byte batch body"
+        )
 
 
 def split(data: bytes | bytearray | memoryview) -> list[tuple[int, BatchHeader]]:
