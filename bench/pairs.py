@@ -63,7 +63,11 @@ class Pair:
                 raise Skip(msg)
 
 
-def build_pair(lab: Lab, k: int, name: str, a_impl: str, b_impl: str) -> Pair:
+def build_pair(
+    lab: Lab, k: int, name: str, a_impl: str, b_impl: str, *, iperf: bool = True
+) -> Pair:
+    """Two namespaces, a veth link (172.29.k.0/24), a tunnel (10.29.k.0/24) checked with
+    ping and, with ``iperf``, an iperf3 server on each side (bench/log.py needs none)."""
     short = {"go-go": "g", "py-py": "p", "py-go": "m"}[name]
     ns = {"a": lab.netns(f"{name}-a"), "b": lab.netns(f"{name}-b")}
     under = {"a": f"172.29.{k}.1", "b": f"172.29.{k}.2"}
@@ -122,6 +126,8 @@ def build_pair(lab: Lab, k: int, name: str, a_impl: str, b_impl: str) -> Pair:
     )
     if " 0 received" in out or "received" not in out:
         raise CommandError(f"{name}: no ping through the tunnel: {out.strip()[-200:]}")
+    if not iperf:
+        return pair
     for s in "ab":
         pair.servers[s] = start_iperf_server(lab, ns[s])
     time.sleep(0.3)
