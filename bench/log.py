@@ -321,7 +321,6 @@ class Bench:
             "produce": rate_figures(prod, n),
             "consume": rate_figures(cons, n),
             "latency": latency_figures(late),
-            "latency_samples_us": [round(x) for x in late["samples_us"]],
             "readback_records": back["consumed"],
             "server_log_notes": notes,
         }
