@@ -2,7 +2,8 @@
 
 Layout: ``<parent>/<topic>-<partition>/`` holds the segments, each a ``.log`` file and its
 ``.index`` and ``.timeindex`` (segment.py and index.py describe the files), plus an empty
-``.clean`` marker between a clean close() and the next open(). The log's offsets are the
+``.clean`` marker between a clean close() and the next open(), and the
+``leader-epoch-checkpoint`` of epochs.py (where each leader epoch begins). The log's offsets are the
 segments' in base-offset order; the first segment's base is log_start_offset, the last
 (active) segment's end is log_end_offset. A new segment starts when the active one would
 pass segment.bytes or is older than segment.ms; retention deletes whole old segments.
@@ -42,7 +43,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyralog.log import epochs
 from pyralog.log.batch import BatchHeader, assign, read_header, split
+from pyralog.log.epochs import EpochHistory
 from pyralog.log.errors import OffsetOutOfRange, RecordTooLarge, StorageError
 from pyralog.log.fileio import fsync_dir
 from pyralog.log.recovery import CLEAN_MARKER, RecoveryReport, mark_clean, open_segments
@@ -76,8 +79,10 @@ class PartitionLog:
         self.name = f"{topic}-{partition}"
         self.path = directory / self.name
         self.config = config
-        # Written into every appended batch; the replication layer will set it.
+        # Written into every appended batch; the replication layer will set it. Where
+        # each epoch begins is kept in `epochs` (epochs.py), restored at open.
         self.leader_epoch = 0
+        self.epochs = EpochHistory()
         # Reads for consumers stop here. Appends move it to log_end_offset while
         # `follow_log_end` holds; replication will clear that and set it itself.
         self.high_watermark = 0
@@ -135,6 +140,7 @@ class PartitionLog:
                     self._create_segment(0, now)
             except OSError as e:
                 raise self._error("cannot open", Path(e.filename or self.path), e) from e
+            self._open_epochs()
             self.high_watermark = self.log_end_offset
             self._last_flush_ms = self._now_ms()
             self._open = True
@@ -174,6 +180,43 @@ class PartitionLog:
         for segment in self._segments:
             segment.close()
 
+    def _open_epochs(self) -> None:
+        try:
+            self.epochs = epochs.restore(
+                self.path, self._segments, self.log_start_offset, self.log_end_offset
+            )
+        except OSError as e:
+            raise self._error("cannot write", self.path / epochs.FILE_NAME, e) from e
+        if self.epochs.latest is not None:
+            self.leader_epoch = max(self.leader_epoch, self.epochs.latest.epoch)
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """(epoch, end offset) for a follower asking where `epoch` ended (KIP-101)."""
+        with self._lock:
+            return self.epochs.end_offset_for(epoch, self.log_end_offset)
+
+    def _note_epoch(self, start_offset: int) -> None:
+        """Before appending under a new leader epoch: record and checkpoint where it
+        starts, so nothing is appended that the history does not cover."""
+        latest = self.epochs.latest
+        if latest is not None and self.leader_epoch < latest.epoch:
+            raise StorageError(
+                f"{self.name}: leader epoch {self.leader_epoch} is older than the log's "
+                f"{latest.epoch}"
+            )
+        if latest is not None and latest.epoch == self.leader_epoch:
+            return
+        if latest is None and self.leader_epoch == 0:
+            # The common single-node case: epoch 0 from the start needs no fsync; an empty
+            # checkpoint over records means exactly this (see _open_epochs).
+            self.epochs.assign(0, start_offset)
+            return
+        history = EpochHistory(self.epochs.entries)
+        history.assign(self.leader_epoch, start_offset)
+        with self._failing("cannot write", self.path / epochs.FILE_NAME):
+            epochs.save(self.path, history)
+        self.epochs = history
+
     # -- appending ----------------------------------------------------------------------
 
     def append(self, payload: bytes | bytearray, *, now_ms: int | None = None) -> AppendResult:
@@ -205,6 +248,7 @@ class PartitionLog:
                 headers.append(stored)
                 data += batch
                 offset = stored.next_offset
+            self._note_epoch(headers[0].base_offset)
             pending: list[tuple[Segment, bool]] = []
             active = self._segments[-1]
             if self._should_roll(active, len(data), headers[-1].last_offset, now):
@@ -380,6 +424,9 @@ class PartitionLog:
             for segment in doomed:
                 with self._failing("cannot delete", segment.path):
                     segment.delete()
+            if count and self.epochs.truncate_from_start(self.log_start_offset):
+                with self._failing("cannot write", self.path / epochs.FILE_NAME):
+                    epochs.save(self.path, self.epochs)
             return count
 
     def truncate_to(self, offset: int) -> None:
@@ -405,6 +452,9 @@ class PartitionLog:
             except OSError as e:
                 raise self._error("cannot truncate", Path(e.filename or self.path), e) from e
             self.high_watermark = min(self.high_watermark, self.log_end_offset)
+            if self.epochs.truncate_from_end(self.log_end_offset):
+                with self._failing("cannot write", self.path / epochs.FILE_NAME):
+                    epochs.save(self.path, self.epochs)
 
     # -- helpers ------------------------------------------------------------------------
 
