@@ -148,3 +148,68 @@ class FrameClient:
         except TimeoutError:
             return False
         return data == b""
+
+
+# -- request data for FrameClient.call (plain dicts, fitted to each version by kio) ------
+
+
+def create_data(
+    name: str, partitions: int, configs: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "topics": [
+            {
+                "name": name,
+                "num_partitions": partitions,
+                "replication_factor": -1,
+                "assignments": [],
+                "configs": [{"name": k, "value": v} for k, v in (configs or {}).items()],
+                **extra,
+            }
+        ],
+        "timeout": 30_000,
+        "validate_only": False,
+    }
+
+
+def produce_data(
+    topic: str, partition: int, records: bytes | None, acks: int = -1, txn: str | None = None
+) -> dict[str, Any]:
+    return {
+        "transactional_id": txn,
+        "acks": acks,
+        "timeout": 30_000,
+        "topic_data": [
+            {"name": topic, "partition_data": [{"index": partition, "records": records}]}
+        ],
+    }
+
+
+def fetch_data(topic: str, partition: int, offset: int) -> dict[str, Any]:
+    return {
+        "cluster_id": None,
+        "replica_id": -1,
+        "max_wait": 0,
+        "min_bytes": 0,
+        "max_bytes": 1 << 20,
+        "isolation_level": 0,
+        "session_id": 0,
+        "session_epoch": -1,
+        "topics": [
+            {
+                "topic": topic,
+                "partitions": [
+                    {
+                        "partition": partition,
+                        "current_leader_epoch": -1,
+                        "fetch_offset": offset,
+                        "last_fetched_epoch": -1,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 1 << 20,
+                    }
+                ],
+            }
+        ],
+        "forgotten_topics_data": [],
+        "rack_id": "",
+    }

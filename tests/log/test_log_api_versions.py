@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from brokerthread import BrokerThread, FrameClient
+from brokerthread import BrokerThread, FrameClient, create_data, fetch_data, produce_data
 from kio.index import UnknownAPIKey, UnknownEntity, load_request_schema
 
 from pyralog.log import protocol
@@ -39,6 +39,7 @@ INVALID_REQUEST = 42
 MEMBER_ID_REQUIRED = 79
 
 TOPIC = "versions"  # exists, 2 partitions
+RETENTION = {"retention.ms": "86400000"}  # a non-default config, seen in the answers
 MISSING = "no-such-topic"
 NOW_MS = int(time.time() * 1000)
 ASSIGNMENT = b"\x00\x01assignment-bytes"
@@ -59,7 +60,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerThread]:
     b.start()
     b.broker.ctx.config = BrokerConfig(initial_rebalance_delay_ms=0, advertised_port=b.port)
     with FrameClient(b.port) as c:
-        created = c.call(19, 7, create_data(TOPIC, 2))
+        created = c.call(19, 7, create_data(TOPIC, 2, RETENTION))
         assert created.topics[0].error_code == NONE
     try:
         yield b
@@ -71,64 +72,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerThread]:
 def client(broker: BrokerThread) -> Iterator[FrameClient]:
     with FrameClient(broker.port) as c:
         yield c
-
-
-def create_data(name: str, partitions: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "topics": [
-            {
-                "name": name,
-                "num_partitions": partitions,
-                "replication_factor": -1,
-                "assignments": [],
-                "configs": [{"name": "retention.ms", "value": "86400000"}],
-                **extra,
-            }
-        ],
-        "timeout": 30_000,
-        "validate_only": False,
-    }
-
-
-def produce_data(topic: str, partition: int, records: bytes, acks: int = -1) -> dict[str, Any]:
-    return {
-        "transactional_id": None,
-        "acks": acks,
-        "timeout": 30_000,
-        "topic_data": [
-            {"name": topic, "partition_data": [{"index": partition, "records": records}]}
-        ],
-    }
-
-
-def fetch_data(topic: str, partition: int, offset: int) -> dict[str, Any]:
-    return {
-        "cluster_id": None,
-        "replica_id": -1,
-        "max_wait": 0,
-        "min_bytes": 0,
-        "max_bytes": 1 << 20,
-        "isolation_level": 0,
-        "session_id": 0,
-        "session_epoch": -1,
-        "topics": [
-            {
-                "topic": topic,
-                "partitions": [
-                    {
-                        "partition": partition,
-                        "current_leader_epoch": -1,
-                        "fetch_offset": offset,
-                        "last_fetched_epoch": -1,
-                        "log_start_offset": -1,
-                        "partition_max_bytes": 1 << 20,
-                    }
-                ],
-            }
-        ],
-        "forgotten_topics_data": [],
-        "rack_id": "",
-    }
 
 
 def batch(tag: str, n: int = 3, timestamp_ms: int = NOW_MS, **kw: int) -> bytes:
@@ -249,7 +192,7 @@ def check_fetch(c: FrameClient, v: int) -> None:
 
 def check_list_offsets(c: FrameClient, v: int) -> None:
     topic = f"list-offsets-v{v}"
-    assert c.call(19, 7, create_data(topic, 1)).topics[0].error_code == NONE
+    assert c.call(19, 7, create_data(topic, 1, RETENTION)).topics[0].error_code == NONE
     produce(c, topic, batch("a", 2, timestamp_ms=NOW_MS - 60_000))
     second = produce(c, topic, batch("b", 2, timestamp_ms=NOW_MS))
     assert second == 2
@@ -572,9 +515,9 @@ def check_create_topics(c: FrameClient, v: int) -> None:
         assert result.name == data["topics"][0]["name"]
         return result
 
-    dry = one({**create_data(name, 3), "validate_only": True})
+    dry = one({**create_data(name, 3, RETENTION), "validate_only": True})
     assert dry.error_code == NONE and name not in topic_names(c)
-    made = one(create_data(name, 3))
+    made = one(create_data(name, 3, RETENTION))
     assert made.error_code == NONE
     if v >= 5:
         assert made.num_partitions == 3 and made.replication_factor == 1
@@ -583,16 +526,16 @@ def check_create_topics(c: FrameClient, v: int) -> None:
         assert made.topic_id is not None
     meta = c.call(3, 12, {**METADATA, "topics": [{"name": name}]})
     assert len(meta.topics[0].partitions) == 3
-    assert one(create_data(name, 3)).error_code == TOPIC_ALREADY_EXISTS
-    assert one(create_data(f"{name}-zero", 0)).error_code == INVALID_PARTITIONS
-    bad_rf = one(create_data(f"{name}-rf", 1, replication_factor=3))
+    assert one(create_data(name, 3, RETENTION)).error_code == TOPIC_ALREADY_EXISTS
+    assert one(create_data(f"{name}-zero", 0, RETENTION)).error_code == INVALID_PARTITIONS
+    bad_rf = one(create_data(f"{name}-rf", 1, RETENTION, replication_factor=3))
     assert bad_rf.error_code == INVALID_REPLICATION_FACTOR
     assert {f"{name}-zero", f"{name}-rf"}.isdisjoint(topic_names(c))
 
 
 def check_delete_topics(c: FrameClient, v: int) -> None:
     name = f"deleted-v{v}"
-    assert c.call(19, 7, create_data(name, 1)).topics[0].error_code == NONE
+    assert c.call(19, 7, create_data(name, 1, RETENTION)).topics[0].error_code == NONE
     produce(c, name, batch("doomed"))
     data = {"topic_names": [name, MISSING], "topics": [{"name": name}, {"name": MISSING}]}
     body = c.call(20, v, {**data, "timeout": 30_000})
@@ -600,7 +543,7 @@ def check_delete_topics(c: FrameClient, v: int) -> None:
     assert codes == {name: NONE, MISSING: UNKNOWN_TOPIC_OR_PARTITION}
     assert name not in topic_names(c)
     if v >= 6:  # by topic id alone
-        made = c.call(19, 7, create_data(name, 1)).topics[0]
+        made = c.call(19, 7, create_data(name, 1, RETENTION)).topics[0]
         body = c.call(
             20, v, {"topics": [{"name": None, "topic_id": made.topic_id}], "timeout": 30_000}
         )

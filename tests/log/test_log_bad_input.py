@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import stockclients
-from brokerthread import FrameClient
+from brokerthread import FrameClient, create_data, fetch_data, produce_data
 from logbroker import RunningBroker, kill9, running_broker, start_broker
 
 from ports import free_port
@@ -76,37 +76,7 @@ def client(broker: RunningBroker) -> Iterator[FrameClient]:
 def create(
     c: FrameClient, name: str, partitions: int, configs: dict[str, str] | None = None
 ) -> int:
-    body = c.call(
-        19,
-        5,
-        {
-            "topics": [
-                {
-                    "name": name,
-                    "num_partitions": partitions,
-                    "replication_factor": -1,
-                    "assignments": [],
-                    "configs": [{"name": k, "value": v} for k, v in (configs or {}).items()],
-                }
-            ],
-            "timeout": 30_000,
-            "validate_only": False,
-        },
-    )
-    return int(body.topics[0].error_code)
-
-
-def produce_data(
-    topic: str, records: bytes | None, partition: int = 0, acks: int = -1, txn: str | None = None
-) -> dict[str, Any]:
-    return {
-        "transactional_id": txn,
-        "acks": acks,
-        "timeout": 30_000,
-        "topic_data": [
-            {"name": topic, "partition_data": [{"index": partition, "records": records}]}
-        ],
-    }
+    return int(c.call(19, 5, create_data(name, partitions, configs)).topics[0].error_code)
 
 
 def produce(
@@ -118,7 +88,7 @@ def produce(
     **kw: Any,
 ) -> Any:
     """The partition's result of one Produce request."""
-    body = c.call(0, version, produce_data(topic, records, partition, **kw))
+    body = c.call(0, version, produce_data(topic, partition, records, **kw))
     return body.responses[0].partition_responses[0]
 
 
@@ -136,26 +106,7 @@ def end_offset(c: FrameClient, topic: str, partition: int = 0) -> int:
 
 
 def fetch(c: FrameClient, topic: str, offset: int, partition: int = 0) -> Any:
-    data = {
-        "replica_id": -1,
-        "max_wait": 0,
-        "min_bytes": 0,
-        "max_bytes": 1 << 20,
-        "isolation_level": 0,
-        "session_id": 0,
-        "session_epoch": -1,
-        "topics": [
-            {
-                "topic": topic,
-                "partitions": [
-                    {"partition": partition, "fetch_offset": offset, "partition_max_bytes": 1 << 20}
-                ],
-            }
-        ],
-        "forgotten_topics_data": [],
-        "rack_id": "",
-    }
-    return c.call(1, 11, data).responses[0].partitions[0]
+    return c.call(1, 11, fetch_data(topic, partition, offset)).responses[0].partitions[0]
 
 
 def values(c: FrameClient, topic: str, partition: int = 0) -> list[bytes | None]:
@@ -225,7 +176,7 @@ def test_1000_pipelined_requests_get_1000_answers_in_order(client: FrameClient) 
         key, version, data = [
             (18, 3, {"client_software_name": "p", "client_software_version": "1"}),
             (3, 9, {"topics": [{"name": TOPIC}], **NO_AUTO}),
-            (0, 8, produce_data(TOPIC, records, partition=1, acks=1)),
+            (0, 8, produce_data(TOPIC, 1, records, acks=1)),
         ][i % 3]
         body = protocol.request(key, version, data)
         frames.append(protocol.encode_request(key, version, correlation, "p", body))
