@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import stockclients
 from brokerthread import FrameClient, create_data, fetch_data, produce_data
+from logbatches import validate_storage
 from logbroker import RunningBroker, kill9, running_broker, start_broker
 
 from ports import free_port
@@ -32,7 +33,6 @@ from processes import console_script, stop_process, wait_until
 from pyralog.log import batch as v2
 from pyralog.log import protocol
 from pyralog.log.records import build_batch, read_messages
-from pyralog.log.storage import Storage
 
 NONE = 0
 OFFSET_OUT_OF_RANGE = 1
@@ -427,24 +427,6 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def validate_storage(data: Path) -> int:
-    """Open the data directory and validate every stored batch; how many records."""
-    records = 0
-    with Storage(data) as storage:
-        for topic in storage.topics():
-            for log in topic.partitions:
-                offset = log.log_start_offset
-                while offset < log.log_end_offset:
-                    chunk = log.read(offset, 1 << 20, limit=log.log_end_offset)
-                    at = 0
-                    while at < len(chunk):
-                        header = v2.validate(chunk, at)
-                        records += header.records_count
-                        offset = header.next_offset
-                        at += header.size
-    return records
-
-
 def test_full_disk(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "fs", "2m") as mnt:
         data = mnt / "data"
@@ -471,7 +453,7 @@ def test_full_disk(tmp_path: Path) -> None:
             assert produce(c, "small", payload).error_code == KAFKA_STORAGE_ERROR
             assert end_offset(c, "small") == 10
         # Stopped on a full disk and reopened: no segment is damaged, nothing is lost.
-        assert validate_storage(data) == stored + 10
+        assert validate_storage(data)[1] == stored + 10
         with running_broker(data) as broker, FrameClient(broker.port) as c:
             assert not [line for line in broker.log if "recovered" in line]
             deleted = c.call(20, 4, {"topic_names": ["big"], "timeout": 30_000})
@@ -479,7 +461,7 @@ def test_full_disk(tmp_path: Path) -> None:
             # Space is back: producing works again.
             assert produce(c, "small", payload).error_code == NONE
             assert produce(c, "small", batch("after", 1)).base_offset == 11
-        assert validate_storage(data) == 12
+        assert validate_storage(data)[1] == 12
 
 
 def test_read_only_data_dir_exits_1_with_one_clear_line(tmp_path: Path) -> None:

@@ -46,14 +46,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from kio.index import load_response_schema
 from kio.serial import entity_reader
+from logbatches import validate_storage
 
 from processes import wait_until
-from pyralog.log import batch, protocol
+from pyralog.log import protocol
 from pyralog.log.client import PyralogClient
 from pyralog.log.context import BrokerConfig
 from pyralog.log.handlers import SUPPORTED
 from pyralog.log.records import build_batch
-from pyralog.log.storage import Storage
 
 HERE = Path(__file__).parent
 PEER = ("127.0.0.1", 40000)
@@ -682,18 +682,6 @@ def test_the_broker_is_intact_afterwards(fuzzed: Fuzzed) -> None:
     fuzzed.closed = True
     broker.close()
     # Reopened, every stored batch of every partition validates, CRC included.
-    batches = 0
-    with Storage(broker.data_dir) as storage:
-        assert not storage.recovery, storage.recovery
-        for topic in storage.topics():
-            for log in topic.partitions:
-                offset = log.log_start_offset
-                while offset < log.log_end_offset:
-                    chunk = log.read(offset, 1 << 20, limit=log.log_end_offset)
-                    at = 0
-                    while at < len(chunk):
-                        header = batch.validate(chunk, at)
-                        at += header.size
-                        offset = header.next_offset
-                        batches += 1
+    batches, _, recovered = validate_storage(broker.data_dir)
+    assert not recovered, recovered
     assert batches >= 2 * len(fuzzed.clients)
