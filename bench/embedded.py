@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Settings, attempt, fmt, log
+from harness import Settings, attempt, log
 from lab import CommandError, Daemon, Lab, cpu_seconds, daemon_env, iperf_json, rss_bytes, run
-from stats import present, ratio, spread
+from stats import fmt, present, ratio, spread
 
 PYRALOG = str(Path(sys.executable).with_name("pyralog"))
 WG_PORT = 51820  # both wireguard-go interfaces (one per namespace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
@@ -40,20 +41,21 @@ class Settings:
         return cls(False, 3, 10, 2, 5, 200, 0.01, 512, 1.0, 4.0, 2.0)
 
 
+def unwind_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP unwind the stack as KeyboardInterrupt, so every Lab
+    cleans up after itself (also when started with SIGINT ignored, as background jobs
+    of a script are)."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def log(msg: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     print(f"[{stamp}] {msg}", file=sys.stderr, flush=True)
-
-
-def fmt(v: float | None) -> str:
-    """A figure for the terminal: thousands separated, about three significant digits."""
-    if v is None:
-        return "-"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.3g}"
 
 
 def attempt(errors: list[str], what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:

@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -59,7 +58,7 @@ ROOT = BENCH.parent
 if str(BENCH) not in sys.path:  # the bench modules import one another by bare name
     sys.path.insert(0, str(BENCH))
 
-from harness import log  # noqa: E402
+from harness import log, unwind_on_signals  # noqa: E402
 from lab import CLK_TCK, LONG_NAMES, CommandError, Lab, cpu_seconds, reap_stale, run  # noqa: E402
 from logstats import (  # noqa: E402
     NATS_CONFIG,
@@ -399,11 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/log.py: missing {', '.join(missing)} (scripts/bootstrap.sh)", file=sys.stderr)
         return 2
 
-    def interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    unwind_on_signals()
     from machine import machine_info
 
     stale = reap_stale()

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from stats import median, percentile, ratio, spread
+from stats import fmt, median, percentile, ratio, spread
 
 RECORD_BYTES = 1024  # logload.RECORD_BYTES (not imported: logload is a client script)
 WARMUP = 50  # logload.WARMUP
@@ -313,17 +313,6 @@ def tunnel_losses(runs: Sequence[dict[str, Any]], configs: Sequence[str]) -> lis
 
 
 # -- tables -------------------------------------------------------------------------------------
-
-
-def fmt(v: float | None, digits: int = 3) -> str:
-    """About three significant digits, thousands separated; "-" for a missing figure."""
-    if v is None:
-        return "-"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.{digits}g}"
 
 
 def fmt_x(v: float | None) -> str:

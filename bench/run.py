@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -56,9 +55,10 @@ import embedded  # noqa: E402
 import handshakes  # noqa: E402
 import memory  # noqa: E402
 import pairs  # noqa: E402
-from harness import Settings, attempt, fmt, log  # noqa: E402
+from harness import Settings, attempt, log, unwind_on_signals  # noqa: E402
 from lab import reap_stale  # noqa: E402
 from machine import machine_info, other_namespaces  # noqa: E402
+from stats import fmt  # noqa: E402
 from summary import summarize  # noqa: E402
 
 
@@ -113,13 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {problem}", file=sys.stderr)
         return 2
 
-    # Ctrl-C, SIGTERM and SIGHUP unwind the stack, so every Lab cleans up after itself
-    # (also when started with SIGINT ignored, as background jobs of a script are).
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    unwind_on_signals()
 
     stale = reap_stale()
     if stale:

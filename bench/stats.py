@@ -59,3 +59,14 @@ def spread(values: Iterable[float | None]) -> Spread:
     if not v:
         return {"median": None, "min": None, "max": None, "n": 0}
     return {"median": median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
+def fmt(v: float | None) -> str:
+    """A figure for a table: thousands separated, about three significant digits."""
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
