@@ -54,7 +54,7 @@ def _collect(
         parts = []
         for p in topic.partitions:
             live = ctx.partition(topic.topic, p.partition)
-            entry, data = _read(live, p, max(0, max_bytes - total) if total else max_bytes)
+            entry, data = _read(live, p, max(0, max_bytes - total))
             if entry["error_code"] != E.none:
                 failed = True
             elif not data and live is not None:
