@@ -575,6 +575,23 @@ def check_init_producer_id(c: FrameClient, v: int) -> None:
     assert txn.error_code == INVALID_REQUEST
 
 
+def _epoch_request(topic: str, epoch: int, current: int = -1) -> dict[str, Any]:
+    partition = {"partition": 0, "current_leader_epoch": current, "leader_epoch": epoch}
+    return {"replica_id": -1, "topics": [{"topic": topic, "partitions": [partition]}]}
+
+
+def check_offsets_for_leader_epoch(c: FrameClient, v: int) -> None:
+    topic = f"epochs-v{v}"
+    assert c.call(19, 7, create_data(topic, 1, RETENTION)).topics[0].error_code == NONE
+    produce(c, topic, batch("e", 4))
+    # A single node leads at epoch 0 forever: every epoch asked ends at the log end.
+    for asked in (0, 3):
+        (answer,) = c.call(23, v, _epoch_request(topic, asked)).topics[0].partitions
+        assert (answer.error_code, answer.leader_epoch, answer.end_offset) == (NONE, 0, 4)
+    (missing,) = c.call(23, v, _epoch_request(MISSING, 0)).topics[0].partitions
+    assert missing.error_code == UNKNOWN_TOPIC_OR_PARTITION
+
+
 def check_describe_configs(c: FrameClient, v: int) -> None:
     data = {
         "resources": [
@@ -622,6 +639,7 @@ CHECKS: dict[int, Callable[[FrameClient, int], None]] = {
     19: check_create_topics,
     20: check_delete_topics,
     22: check_init_producer_id,
+    23: check_offsets_for_leader_epoch,
     32: check_describe_configs,
 }
 
@@ -691,6 +709,7 @@ SAMPLE: dict[int, dict[str, Any]] = {
     15: {"groups": ["g", "h"], "include_authorized_operations": False},
     16: {"states_filter": [], "types_filter": []},
     22: {"transactional_id": None, "transaction_timeout": 1000},
+    23: _epoch_request(TOPIC, 0),
 }
 
 

@@ -77,9 +77,23 @@ def test_to_kafka_round_trips() -> None:
         "message.timestamp.type",
         "max.message.bytes",
         "index.interval.bytes",
+        "min.insync.replicas",
+        "unclean.leader.election.enable",
         "cleanup.policy",
     }
     assert TopicConfig.from_kafka(described, base=TopicConfig()) == c
+
+
+def test_replication_settings_are_checked() -> None:
+    c = TopicConfig.from_kafka(
+        {"min.insync.replicas": "2", "unclean.leader.election.enable": "true"}
+    )
+    assert c.min_insync_replicas == 2 and c.unclean
+    assert not TopicConfig().unclean
+    with pytest.raises(TopicConfigError, match="min.insync.replicas='0'"):
+        TopicConfig.from_kafka({"min.insync.replicas": "0"})
+    with pytest.raises(TopicConfigError, match="unclean.leader.election.enable='yes'"):
+        TopicConfig.from_kafka({"unclean.leader.election.enable": "yes"})
 
 
 def test_json_round_trips_and_tolerates_missing_keys() -> None:
@@ -107,7 +121,7 @@ def test_json_round_trips_and_tolerates_missing_keys() -> None:
         ("cleanup.policy", "compact"),
         ("cleanup.policy", "compact,delete"),
         ("pyralog.flush", "sometimes"),
-        ("min.insync.replicas", "2"),
+        ("confluent.tier.enable", "true"),
         ("segment.bytes", "1_000_000"),
     ],
 )

@@ -21,12 +21,16 @@ from typing import Any
 from kio.schema.errors import ErrorCode as E
 
 from pyralog.log import protocol
+from pyralog.log.cluster_state import BrokerRecord
 from pyralog.log.context import BrokerConfig, Context
+from pyralog.log.controller import HEARTBEAT, SESSION_TIMEOUT, Cluster
 from pyralog.log.errors import StorageError
 from pyralog.log.group_service import GroupService
 from pyralog.log.handlers import API, SUPPORTED, error_response
 from pyralog.log.handlers.meta import api_list
+from pyralog.log.replication import REPLICA_LAG_MAX, Replication
 from pyralog.log.storage import Storage
+from pyralog.mesh.store import Store
 from pyralog.net import Network
 
 log = logging.getLogger("pyralog.log.broker")
@@ -82,7 +86,41 @@ class Broker:
             self._tasks.append(asyncio.create_task(self._housekeeping()))
         return [s.getsockname()[:2] for s in server.sockets]
 
+    async def join_cluster(
+        self,
+        store: Store,
+        *,
+        network: Network | None = None,
+        region: str | None = None,
+        session_timeout: float = SESSION_TIMEOUT,
+        heartbeat: float = HEARTBEAT,
+        lag_max: float = REPLICA_LAG_MAX,
+        default_replication_factor: int = 3,
+    ) -> Replication:
+        """Serve replicated topics with the other brokers sharing `store` (call after
+        start). Replicas reach each other at the advertised addresses, over `network`."""
+        cfg = self.ctx.config
+        me = BrokerRecord(cfg.node_id, cfg.advertised_host, cfg.advertised_port, "", region)
+        cluster = Cluster(store, me, heartbeat=heartbeat, session_timeout=session_timeout)
+        replication = Replication(
+            self.ctx,
+            cluster,
+            network,
+            lag_max=lag_max,
+            default_replication_factor=default_replication_factor,
+        )
+        self.ctx.replication = replication
+        try:
+            await replication.start()
+        except BaseException:
+            self.ctx.replication = None
+            raise
+        return replication
+
     async def close(self) -> None:
+        if self.ctx.replication is not None:
+            with contextlib.suppress(Exception):
+                await self.ctx.replication.close()
         for server in self._servers:
             server.close()
         for task in [*self._connections, *self._tasks]:

@@ -27,6 +27,7 @@ PREFERRED = {
     19: 5,  # CreateTopics
     20: 4,  # DeleteTopics
     22: 1,  # InitProducerId
+    23: 4,  # OffsetsForLeaderEpoch
     32: 1,  # DescribeConfigs
 }
 

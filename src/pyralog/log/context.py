@@ -54,6 +54,10 @@ class LivePartition:
         self.producers: ProducerTable | None = None
         # Appends to one partition are serialized, in arrival order (asyncio.Lock is FIFO).
         self.append_lock = asyncio.Lock()
+        # Set by replication.py when the topic is replicated: the store's state of the
+        # partition, and the LeaderState while this broker leads it.
+        self.state: Any = None
+        self.leader: Any = None
         self._waiters: set[asyncio.Future[None]] = set()
 
     def waiter(self) -> asyncio.Future[None]:
@@ -80,6 +84,7 @@ class Context:
         self.topic_ids: dict[uuid.UUID, str] = {}
         self.started = time.monotonic()
         self.groups: Any = None  # the GroupService, set by the broker
+        self.replication: Any = None  # replication.Replication, in a replicated cluster
         self.storage_errors: list[str] = []
 
     def log_storage_error(self, error: Exception) -> None:
@@ -104,6 +109,9 @@ class Context:
             live = LivePartition(log)
             self._live[key] = live
         return live
+
+    def live_partitions(self) -> list[LivePartition]:
+        return list(self._live.values())
 
     async def producers(self, live: LivePartition) -> ProducerTable:
         """The partition's idempotence state (call with its append lock held)."""

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyralog.log import epochs
-from pyralog.log.batch import BatchHeader, assign, read_header, split
+from pyralog.log.batch import BatchHeader, CorruptBatch, assign, read_header, split
 from pyralog.log.epochs import EpochHistory
 from pyralog.log.errors import OffsetOutOfRange, RecordTooLarge, StorageError
 from pyralog.log.fileio import fsync_dir
@@ -249,20 +249,7 @@ class PartitionLog:
                 data += batch
                 offset = stored.next_offset
             self._note_epoch(headers[0].base_offset)
-            pending: list[tuple[Segment, bool]] = []
-            active = self._segments[-1]
-            if self._should_roll(active, len(data), headers[-1].last_offset, now):
-                sealed = active
-                active = self._create_segment(self.log_end_offset, now)
-                pending.append((sealed, True))  # fsynced below, indexes too: it is final
-            if active.size == 0:
-                active.created_ms = now
-            with self._failing("cannot append to", active.path):
-                active.append_many(data, headers)
-            if self.follow_log_end:
-                self.high_watermark = self.log_end_offset
-            self._unflushed += sum(h.records_count for h in headers)
-            pending += self._due_for_flush(now)
+            pending = self._store(data, headers, now)
             log_start = self.log_start_offset
         self._sync(pending)
         return AppendResult(
@@ -272,6 +259,70 @@ class PartitionLog:
             log_start_offset=log_start,
             headers=headers,
         )
+
+    def append_replica(self, payload: bytes | bytearray | memoryview) -> list[BatchHeader]:
+        """Store batches fetched from the leader exactly as they are (offsets, epochs,
+        timestamps already assigned there): the follower's side of replication.
+
+        They must continue this log: the first at log_end_offset, each after the one
+        before, epochs never going back. Otherwise CorruptBatch and nothing is stored
+        (the follower then asks the leader where the logs diverged and truncates).
+        """
+        batches = split(payload)
+        now = self._now_ms()
+        with self._lock:
+            self._check_open()
+            expected = self.log_end_offset
+            latest = self.epochs.latest
+            epoch = latest.epoch if latest is not None else -1
+            history = EpochHistory(self.epochs.entries)
+            headers: list[BatchHeader] = []
+            for _, header in batches:
+                if header.base_offset != expected:
+                    raise CorruptBatch(
+                        f"{self.name}: replica batch at offset {header.base_offset}, "
+                        f"expected {expected}"
+                    )
+                if header.leader_epoch < epoch:
+                    raise CorruptBatch(
+                        f"{self.name}: replica batch of epoch {header.leader_epoch} "
+                        f"after epoch {epoch}"
+                    )
+                if header.leader_epoch > epoch:
+                    epoch = header.leader_epoch
+                    history.assign(epoch, header.base_offset)
+                headers.append(header)
+                expected = header.next_offset
+            if history.entries != self.epochs.entries:
+                with self._failing("cannot write", self.path / epochs.FILE_NAME):
+                    epochs.save(self.path, history)
+                self.epochs = history
+                self.leader_epoch = max(self.leader_epoch, epoch)
+            data = memoryview(payload)[: batches[-1][0] + batches[-1][1].size]
+            pending = self._store(data, headers, now)
+        self._sync(pending)
+        return headers
+
+    def _store(
+        self, data: bytes | bytearray | memoryview, headers: list[BatchHeader], now: int
+    ) -> list[tuple[Segment, bool]]:
+        """Write validated batches to the active segment (rolling first if due); the
+        segments to fsync outside the lock are returned. Call with the lock held."""
+        pending: list[tuple[Segment, bool]] = []
+        active = self._segments[-1]
+        if self._should_roll(active, len(data), headers[-1].last_offset, now):
+            sealed = active
+            active = self._create_segment(self.log_end_offset, now)
+            pending.append((sealed, True))  # fsynced below, indexes too: it is final
+        if active.size == 0:
+            active.created_ms = now
+        with self._failing("cannot append to", active.path):
+            active.append_many(data, headers)
+        if self.follow_log_end:
+            self.high_watermark = self.log_end_offset
+        self._unflushed += sum(h.records_count for h in headers)
+        pending += self._due_for_flush(now)
+        return pending
 
     def _should_roll(self, active: Segment, incoming: int, last_offset: int, now: int) -> bool:
         if active.size == 0:

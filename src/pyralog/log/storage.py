@@ -246,15 +246,18 @@ class Storage:
             return None
         return t.partitions[index]
 
-    def create_topic(self, name: str, config: TopicConfig | None = None) -> Topic:
-        """A new topic with `config` (default: this storage's defaults), durable on return."""
+    def create_topic(
+        self, name: str, config: TopicConfig | None = None, *, topic_id: uuid.UUID | None = None
+    ) -> Topic:
+        """A new topic with `config` (default: this storage's defaults), durable on return.
+        A replicated topic passes the cluster's `topic_id`, the same on every replica."""
         check_topic_name(name)
         config = self.defaults if config is None else config
         with self._lock:
             self._check_open()
             if name in self._topics:
                 raise TopicExists(f"topic {name!r} already exists")
-            topic_id = uuid.uuid4()
+            topic_id = uuid.uuid4() if topic_id is None else topic_id
             final = self._topics_dir / name
             stage = self.data_dir / "staging" / topic_id.hex
             try:

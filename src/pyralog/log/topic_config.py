@@ -28,6 +28,7 @@ I64_MAX = (1 << 63) - 1
 
 FLUSH_POLICIES = ("always", "interval", "never")
 TIMESTAMP_TYPES = ("CreateTime", "LogAppendTime")
+BOOLEANS = ("false", "true")
 
 FLUSH_KEY = "pyralog.flush"
 CLEANUP_POLICY = "cleanup.policy"
@@ -58,6 +59,10 @@ _FIELDS = (
     _Field("timestamp_type", "message.timestamp.type", choices=TIMESTAMP_TYPES),
     _Field("max_message_bytes", "max.message.bytes", 0, I32_MAX),
     _Field("index_interval_bytes", "index.interval.bytes", 0, I32_MAX),
+    # Replication (replica.py): acks=all needs this many in-sync replicas, and a leader
+    # may come from outside the in-sync set only when unclean election is switched on.
+    _Field("min_insync_replicas", "min.insync.replicas", 1, I32_MAX),
+    _Field("unclean_leader_election", "unclean.leader.election.enable", choices=BOOLEANS),
 )
 _BY_KEY = {f.key: f for f in _FIELDS if f.attr != "partitions"}
 _BY_ATTR = {f.attr: f for f in _FIELDS}
@@ -78,10 +83,16 @@ class TopicConfig:
     timestamp_type: str = "CreateTime"
     max_message_bytes: int = 1048588
     index_interval_bytes: int = 4096
+    min_insync_replicas: int = 1
+    unclean_leader_election: str = "false"
 
     def __post_init__(self) -> None:
         for f in _FIELDS:
             _check(f, getattr(self, f.attr))
+
+    @property
+    def unclean(self) -> bool:
+        return self.unclean_leader_election == "true"
 
     @property
     def log_append_time(self) -> bool:

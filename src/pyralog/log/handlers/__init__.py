@@ -45,6 +45,7 @@ API: dict[int, Api] = {
     19: Api(2, 7, admin.create_topics),
     20: Api(1, 6, admin.delete_topics),
     22: Api(0, 4, produce.init_producer_id),
+    23: Api(2, 4, fetch.offsets_for_leader_epoch),
     32: Api(1, 4, meta.describe_configs),
 }
 
@@ -57,7 +58,7 @@ def error_response(api_key: int, body: Any, code: int, message: str) -> dict[str
     """The response data that refuses a whole request `body` with `code`.
 
     Where the response has a top-level error code that carries it; the responses of
-    Produce, ListOffsets, OffsetCommit, OffsetFetch v8+, FindCoordinator v4+ and
+    Produce, ListOffsets, OffsetCommit, OffsetsForLeaderEpoch, OffsetFetch v8+, FindCoordinator v4+ and
     DescribeGroups have none, so there (as Kafka's getErrorResponse does) every entry
     the request named gets the code, else a client would read an empty answer as success.
     """
@@ -91,6 +92,16 @@ def error_response(api_key: int, body: Any, code: int, message: str) -> dict[str
                 ],
             }
             for t in body.topic_data
+        ]
+    elif api_key == 23:
+        data["topics"] = [
+            {
+                "topic": t.topic,
+                "partitions": [
+                    {"partition": p.partition, "error_code": code} for p in t.partitions
+                ],
+            }
+            for t in body.topics
         ]
     elif api_key in (2, 8):
         data["topics"] = [

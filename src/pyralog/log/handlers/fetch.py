@@ -22,10 +22,26 @@ FETCH_MAX_BYTES = 55 * 1024 * 1024
 
 async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
     body = req.body
+    replica = body.replica_id if body.replica_id >= 0 else None
+    if replica is not None:
+        rep = ctx.replication
+        if rep is None or not rep.check_replica(replica, req.peer_host):
+            return {
+                "throttle_time": 0,
+                "error_code": E.cluster_authorization_failed,
+                "session_id": 0,
+                "responses": [],
+            }
+        for topic in body.topics:
+            for p in topic.partitions:
+                live = ctx.partition(topic.topic, p.partition)
+                if live is not None and _leading(ctx, live, p) == E.none:
+                    # Its fetch offset is its log end: this may move the high watermark.
+                    rep.on_replica_fetch(live, replica, p.fetch_offset)
     wait_s = max(0, ms(body.max_wait)) / 1000
     deadline = time.monotonic() + wait_s
     while True:
-        topics, size, waiters, failed = _collect(ctx, body)
+        topics, size, waiters, failed = _collect(ctx, body, replica is not None)
         remaining = deadline - time.monotonic()
         if size >= body.min_bytes or failed or remaining <= 0 or not waiters:
             for w in waiters:
@@ -41,8 +57,29 @@ async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
                 w.cancel()
 
 
+def live_epoch(ctx: Context, topic: str, partition: int) -> int:
+    live = ctx.partition(topic, partition)
+    return live.leader.epoch if live is not None and live.leader is not None else 0
+
+
+def _leading(ctx: Context, live: LivePartition, p: Any) -> E:
+    """E.none if this broker may serve the partition as its leader at the epoch the
+    fetcher names (-1: any), else the error that tells it to look again."""
+    if ctx.replication is None:
+        return E.none
+    leader = ctx.replication.leader_of(live)
+    if leader is None:
+        return E.not_leader_or_follower
+    asked = getattr(p, "current_leader_epoch", -1)
+    if 0 <= asked < leader.epoch:
+        return E.fenced_leader_epoch
+    if asked > leader.epoch:
+        return E.unknown_leader_epoch
+    return E.none
+
+
 def _collect(
-    ctx: Context, body: Any
+    ctx: Context, body: Any, replica: bool = False
 ) -> tuple[list[dict[str, Any]], int, list[asyncio.Future[None]], bool]:
     """One pass over the request's partitions: data, bytes, what to wait on, any error."""
     max_bytes = min(body.max_bytes, FETCH_MAX_BYTES) if body.max_bytes > 0 else FETCH_MAX_BYTES
@@ -54,7 +91,7 @@ def _collect(
         parts = []
         for p in topic.partitions:
             live = ctx.partition(topic.topic, p.partition)
-            entry, data = _read(live, p, max(0, max_bytes - total))
+            entry, data = _read(ctx, live, p, max(0, max_bytes - total), replica)
             if entry["error_code"] != E.none:
                 failed = True
             elif not data and live is not None:
@@ -66,7 +103,9 @@ def _collect(
     return topics, total, waiters, failed
 
 
-def _read(live: LivePartition | None, p: Any, budget: int) -> tuple[dict[str, Any], bytes]:
+def _read(
+    ctx: Context, live: LivePartition | None, p: Any, budget: int, replica: bool
+) -> tuple[dict[str, Any], bytes]:
     entry: dict[str, Any] = {
         "partition_index": p.partition,
         "error_code": E.none,
@@ -79,6 +118,10 @@ def _read(live: LivePartition | None, p: Any, budget: int) -> tuple[dict[str, An
     if live is None:
         entry["error_code"] = E.unknown_topic_or_partition
         return entry, b""
+    refused = _leading(ctx, live, p)
+    if refused != E.none:
+        entry["error_code"] = refused
+        return entry, b""
     log = live.log
     hw = log.high_watermark
     # No transactions: the last stable offset is the high watermark.
@@ -87,7 +130,8 @@ def _read(live: LivePartition | None, p: Any, budget: int) -> tuple[dict[str, An
     if limit <= 0:
         return entry, b""
     try:
-        data = log.read(p.fetch_offset, limit)
+        # A follower copies everything; consumers see only what is committed.
+        data = log.read(p.fetch_offset, limit, limit=log.log_end_offset if replica else None)
     except OffsetOutOfRange:
         entry["error_code"] = E.offset_out_of_range
         return entry, b""
@@ -104,11 +148,13 @@ async def list_offsets(ctx: Context, req: Request) -> dict[str, Any]:
                 "error_code": E.none,
                 "timestamp": -1,
                 "offset": -1,
-                "leader_epoch": 0,
+                "leader_epoch": live_epoch(ctx, topic.name, p.partition_index),
             }
             live = ctx.partition(topic.name, p.partition_index)
             if live is None:
                 entry["error_code"] = E.unknown_topic_or_partition
+            elif (refused := _leading(ctx, live, p)) != E.none:
+                entry["error_code"] = refused
             elif p.timestamp == LATEST:
                 entry["offset"] = live.log.high_watermark
             elif p.timestamp == EARLIEST:
@@ -121,4 +167,34 @@ async def list_offsets(ctx: Context, req: Request) -> dict[str, Any]:
                     entry["offset"], entry["timestamp"] = found
             parts.append(entry)
         topics.append({"name": topic.name, "partitions": parts})
+    return {"throttle_time": 0, "topics": topics}
+
+
+async def offsets_for_leader_epoch(ctx: Context, req: Request) -> dict[str, Any]:
+    """Where each asked epoch ended in the leader's log (KIP-101): how a follower, or a
+    consumer that saw a leader change (KIP-320), finds where logs diverged."""
+    topics = []
+    for topic in req.body.topics:
+        parts = []
+        for p in topic.partitions:
+            entry: dict[str, Any] = {
+                "error_code": E.none,
+                "partition": p.partition,
+                "leader_epoch": -1,
+                "end_offset": -1,
+            }
+            live = ctx.partition(topic.topic, p.partition)
+            if live is None:
+                entry["error_code"] = E.unknown_topic_or_partition
+            elif (refused := _leading(ctx, live, p)) != E.none:
+                entry["error_code"] = refused
+            else:
+                epoch, end = live.log.end_offset_for_epoch(p.leader_epoch)
+                consumer = getattr(req.body, "replica_id", -1) < 0
+                if consumer and ctx.replication is not None and epoch == live.log.leader_epoch:
+                    # The current epoch's end, for a consumer, is what is committed.
+                    end = live.log.high_watermark
+                entry["leader_epoch"], entry["end_offset"] = epoch, end
+            parts.append(entry)
+        topics.append({"topic": topic.topic, "partitions": parts})
     return {"throttle_time": 0, "topics": topics}

@@ -6,6 +6,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode as E
 
+from pyralog.log.cluster_state import TopicRecord
 from pyralog.log.context import Context
 from pyralog.log.errors import InvalidTopic, StorageError, TopicExists
 from pyralog.log.protocol import Request
@@ -68,7 +69,88 @@ def _missing(name: str | None, code: E) -> dict[str, Any]:
     return {"error_code": code, "name": name, "topic_id": None, "partitions": []}
 
 
+def _cluster_topic(ctx: Context, topic: TopicRecord) -> dict[str, Any]:
+    view = ctx.replication.cluster.view
+    partitions = []
+    for index in range(len(topic.assignment)):
+        state = view.partitions.get((topic.name, index))
+        if state is None:
+            partitions.append(
+                {
+                    "error_code": E.leader_not_available,
+                    "partition_index": index,
+                    "leader_id": -1,
+                    "leader_epoch": -1,
+                    "replica_nodes": list(topic.assignment[index]),
+                    "isr_nodes": [],
+                    "offline_replicas": [],
+                }
+            )
+            continue
+        partitions.append(
+            {
+                "error_code": E.none if state.leader >= 0 else E.leader_not_available,
+                "partition_index": index,
+                "leader_id": state.leader,
+                "leader_epoch": state.leader_epoch,
+                "replica_nodes": list(state.replicas),
+                "isr_nodes": list(state.isr),
+                "offline_replicas": [r for r in state.replicas if r not in view.alive],
+            }
+        )
+    return {
+        "error_code": E.none,
+        "name": topic.name,
+        "topic_id": topic.topic_id,
+        "is_internal": topic.name.startswith("__"),
+        "partitions": partitions,
+        "topic_authorized_operations": OPERATIONS_UNKNOWN,
+    }
+
+
+async def _cluster_metadata(ctx: Context, req: Request) -> dict[str, Any]:
+    """Metadata of the replicated cluster, as this broker last read it from the store."""
+    cluster = ctx.replication.cluster
+    body = req.body
+    requested = body.topics
+    if requested is None or (req.api_version == 0 and not requested):
+        topics = [_cluster_topic(ctx, t) for t in sorted(cluster.view.topics.values(),
+                                                          key=lambda t: t.name)]  # fmt: skip
+    else:
+        auto = getattr(body, "allow_auto_topic_creation", True) and ctx.config.auto_create_topics
+        topics = []
+        for item in requested:
+            name = item.name
+            record = cluster.view.topics.get(name) if name is not None else None
+            if record is None and name is not None and auto:
+                created = await ctx.replication.create_topic(name, ctx.config.defaults)
+                if isinstance(created, E):
+                    topics.append(_missing(name, created))
+                    continue
+                record = created
+            if record is None:
+                topics.append(_missing(name, E.unknown_topic_or_partition))
+            else:
+                topics.append(_cluster_topic(ctx, record))
+    view = cluster.view
+    brokers = [
+        {"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.region}
+        for b in sorted(view.brokers.values(), key=lambda b: b.broker_id)
+        if b.broker_id in view.alive
+    ]
+    return {
+        "throttle_time": 0,
+        "brokers": brokers,
+        "cluster_id": ctx.config.cluster_id,
+        "controller_id": view.controller if view.controller is not None else -1,
+        "topics": topics,
+        "cluster_authorized_operations": OPERATIONS_UNKNOWN,
+    }
+
+
 async def metadata(ctx: Context, req: Request) -> dict[str, Any]:
+    if ctx.replication is not None:
+        return await _cluster_metadata(ctx, req)
     body = req.body
     requested = body.topics
     # v0: an empty list means every topic; v1+: null does.

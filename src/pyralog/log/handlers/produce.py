@@ -12,7 +12,7 @@ from pyralog.log import batch
 from pyralog.log.context import Context, LivePartition
 from pyralog.log.errors import RecordTooLarge, StorageError
 from pyralog.log.producers import Duplicate
-from pyralog.log.protocol import Request
+from pyralog.log.protocol import Request, ms
 
 NO_TIMESTAMP = -1
 
@@ -29,6 +29,9 @@ async def produce(ctx: Context, req: Request) -> dict[str, Any] | None:
             )
         )
         topics.append({"name": topic_data.name, "partition_responses": list(parts)})
+    for topic in topics:
+        for part in topic["partition_responses"]:
+            part.pop("last_offset", None)
     if acks == 0:
         return None  # the protocol: acks=0 gets no response at all
     return {"responses": topics, "throttle_time": 0}
@@ -68,7 +71,52 @@ async def _produce_partition(
     header = batches[0][1]
     if header.is_transactional or header.is_control:
         return _result(index, E.invalid_record, "transactional batches are not supported")
-    return await _append(ctx, live, index, payload, header)
+    if ctx.replication is None:
+        return await _append(ctx, live, index, payload, header)
+    leader = ctx.replication.leader_of(live)
+    if leader is None:
+        return _result(index, E.not_leader_or_follower, f"not the leader of {topic}-{index}")
+    min_isr = live.log.config.min_insync_replicas
+    if acks == -1 and len(leader.isr) < min_isr:
+        return _result(
+            index,
+            E.not_enough_replicas,
+            f"{topic}-{index}: {len(leader.isr)} in-sync replicas, min.insync.replicas={min_isr}",
+        )
+    result = await _append(ctx, live, index, payload, header)
+    if acks != -1 or result["error_code"] != E.none:
+        return result
+    return await _await_replicas(live, leader, result, req.body.timeout)
+
+
+async def _await_replicas(
+    live: LivePartition, leader: Any, result: dict[str, Any], timeout: Any
+) -> dict[str, Any]:
+    """acks=all: answer once the high watermark passes the batch, that is once every
+    in-sync replica has it; or say why not (leadership lost, timeout)."""
+    index = result["index"]
+    last = result.get("last_offset", result["base_offset"])
+    deadline = time.monotonic() + max(0, ms(timeout)) / 1000
+    while live.log.high_watermark <= last:
+        if live.leader is not leader:
+            return _result(index, E.not_leader_or_follower, "leadership moved before replication")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _result(
+                index,
+                E.request_timed_out,
+                f"in-sync replicas {list(leader.isr)} did not all confirm offset {last}",
+            )
+        waiter = live.waiter()
+        try:
+            async with asyncio.timeout(remaining):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            waiter.cancel()
+    result.pop("last_offset", None)
+    return result
 
 
 async def _append(
@@ -78,12 +126,14 @@ async def _append(
         producers = await ctx.producers(live)
         verdict = producers.check(header)
         if isinstance(verdict, Duplicate):
-            return _result(
+            result = _result(
                 index,
                 E.none,
                 base_offset=verdict.base_offset,
                 log_start_offset=live.log.log_start_offset,
             )
+            result["last_offset"] = verdict.base_offset + header.last_offset_delta
+            return result
         if verdict is not None:
             return _result(index, E(verdict), f"producer {header.producer_id}: rejected")
         try:
@@ -97,14 +147,18 @@ async def _append(
             return _result(index, E.kafka_storage_error, str(e))
         for assigned in appended.headers:
             producers.record(assigned)
+    if ctx.replication is not None:
+        ctx.replication.advance(live)
     live.notify()
-    return _result(
+    result = _result(
         index,
         E.none,
         base_offset=appended.base_offset,
         log_append_time=appended.log_append_ms,
         log_start_offset=appended.log_start_offset,
     )
+    result["last_offset"] = appended.last_offset
+    return result
 
 
 async def init_producer_id(ctx: Context, req: Request) -> dict[str, Any]:
@@ -126,5 +180,8 @@ async def init_producer_id(ctx: Context, req: Request) -> dict[str, Any]:
             "producer_id": previous,
             "producer_epoch": epoch + 1,
         }
-    pid = await ctx.run_io(ctx.producer_ids.allocate)
+    if ctx.replication is not None:
+        pid = await ctx.replication.cluster.producer_id()
+    else:
+        pid = await ctx.run_io(ctx.producer_ids.allocate)
     return {"throttle_time": 0, "error_code": E.none, "producer_id": pid, "producer_epoch": 0}
