@@ -90,9 +90,9 @@ def test_replication_settings_are_checked() -> None:
     )
     assert c.min_insync_replicas == 2 and c.unclean
     assert not TopicConfig().unclean
-    with pytest.raises(TopicConfigError, match="min.insync.replicas='0'"):
+    with pytest.raises(TopicConfigError, match=r"min\.insync\.replicas='0'"):
         TopicConfig.from_kafka({"min.insync.replicas": "0"})
-    with pytest.raises(TopicConfigError, match="unclean.leader.election.enable='yes'"):
+    with pytest.raises(TopicConfigError, match=r"unclean\.leader\.election\.enable='yes'"):
         TopicConfig.from_kafka({"unclean.leader.election.enable": "yes"})
 
 

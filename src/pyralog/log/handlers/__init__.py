@@ -58,9 +58,10 @@ def error_response(api_key: int, body: Any, code: int, message: str) -> dict[str
     """The response data that refuses a whole request `body` with `code`.
 
     Where the response has a top-level error code that carries it; the responses of
-    Produce, ListOffsets, OffsetCommit, OffsetsForLeaderEpoch, OffsetFetch v8+, FindCoordinator v4+ and
-    DescribeGroups have none, so there (as Kafka's getErrorResponse does) every entry
-    the request named gets the code, else a client would read an empty answer as success.
+    Produce, ListOffsets, OffsetCommit, OffsetsForLeaderEpoch, OffsetFetch v8+,
+    FindCoordinator v4+ and DescribeGroups have none, so there (as Kafka's
+    getErrorResponse does) every entry the request named gets the code, else a client
+    would read an empty answer as success.
     """
     data: dict[str, Any] = {
         "throttle_time": 0,
