@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pyralog.log.connection import Connection, KafkaError
 from pyralog.log.records import Message, build_batch, read_messages
@@ -44,12 +45,32 @@ class TopicInfo:
     error: int = 0
 
 
+# Answers that mean "ask the cluster who leads now, then try again there".
+RETRIABLE = frozenset({5, 6, 7, 19, 74, 76})  # leader not available, not leader, timed
+# out, not enough replicas, fenced / unknown leader epoch
+RETRY_FOR = 30.0  # seconds a partition request keeps retrying through a failover
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+ATTEMPT_TIMEOUT = 15.0  # one try of a partition request, connecting included
+CONNECT = 3.0
+PRODUCE_TIMEOUT_MS = 10_000  # how long a broker may wait for acks=all
+
+
 class PyralogClient:
+    """Topic requests go to the broker it connected to; partition requests (produce,
+    fetch, offsets) to the partition's leader, found with Metadata and found again
+    when leadership moves (NOT_LEADER_OR_FOLLOWER, a lost connection), retrying for
+    up to `RETRY_FOR` seconds. A retried produce whose first answer was lost may be
+    stored twice, as with any Kafka client without idempotence."""
+
     def __init__(self, conn: Connection, bootstrap: tuple[str, int], network: Network | None):
         self._conn = conn
         self._bootstrap = bootstrap
         self._network = network
         self._known: set[str] = set()
+        self._client_id = "pyralog-client"
+        self._leaders: dict[tuple[str, int], tuple[str, int]] = {}
+        self._conns: dict[tuple[str, int], Connection] = {}
+        self.retries = 0  # partition requests sent again after a leadership change
 
     @classmethod
     async def connect(
@@ -64,14 +85,82 @@ class PyralogClient:
         conn = await Connection.open(
             host, port, network=network, client_id=client_id, timeout=timeout
         )
-        return cls(conn, (host, port), network)
+        client = cls(conn, (host, port), network)
+        client._client_id = client_id
+        return client
 
     @property
     def connection(self) -> Connection:
         return self._conn
 
     async def close(self) -> None:
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
         await self._conn.close()
+
+    # --- leaders ------------------------------------------------------------------
+
+    async def _forget(self, conn: Connection | None) -> None:
+        """Drop a connection that failed (not the bootstrap one: topic requests use it)."""
+        for address, known in list(self._conns.items()):
+            if known is conn:
+                del self._conns[address]
+                await known.close()
+
+    async def _leader(self, topic: str, partition: int) -> Connection:
+        """The connection to the partition's leader (the bootstrap broker when the
+        cluster has one broker: it may be reached by another name than it advertises)."""
+        key = (topic, partition)
+        address = self._leaders.get(key)
+        if address is None:
+            body = await self._metadata([topic], create=False)
+            brokers = {b.node_id: (b.host, b.port) for b in body.brokers}
+            for t in body.topics:
+                for p in t.partitions:
+                    if len(brokers) <= 1:
+                        self._leaders[(t.name, p.partition_index)] = self._bootstrap
+                    elif p.leader_id in brokers:
+                        self._leaders[(t.name, p.partition_index)] = brokers[p.leader_id]
+            address = self._leaders.get(key)
+            if address is None:
+                return self._conn  # unknown or leaderless: the broker will say which
+        if address == self._bootstrap:
+            return self._conn
+        conn = self._conns.get(address)
+        if conn is None or conn.closed:
+            conn = await Connection.open(
+                *address, network=self._network, client_id=self._client_id, timeout=CONNECT
+            )
+            self._conns[address] = conn
+        return conn
+
+    async def _routed(
+        self, topic: str, partition: int, request: Any, timeout: float = ATTEMPT_TIMEOUT
+    ) -> Any:
+        """`request(conn)` on the leader's connection, again on the new leader after a
+        failover. `request` raises KafkaError with the partition's error code. Each
+        attempt has `timeout`: a leader killed mid-request may never answer or reset
+        (a dead WireGuard peer sends nothing), and its connection is dropped."""
+        deadline = time.monotonic() + RETRY_FOR
+        attempt = 0
+        while True:
+            conn: Connection | None = None
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await self._leader(topic, partition)
+                    return await request(conn)
+            except (KafkaError, ConnectionError, OSError, TimeoutError) as e:
+                if isinstance(e, KafkaError) and e.code not in RETRIABLE:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                if not isinstance(e, KafkaError):
+                    await self._forget(conn)
+                self._leaders.pop((topic, partition), None)
+                self.retries += 1
+                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                attempt += 1
 
     async def __aenter__(self) -> PyralogClient:
         return self
@@ -85,7 +174,11 @@ class PyralogClient:
         self, names: Sequence[str] | None = None, *, create: bool = False
     ) -> list[TopicInfo]:
         """Topics and their partition counts (`create`: let the broker auto-create)."""
-        body = await self._conn.call(
+        body = await self._metadata(names, create=create)
+        return [TopicInfo(t.name, len(t.partitions), int(t.error_code)) for t in body.topics]
+
+    async def _metadata(self, names: Sequence[str] | None, *, create: bool) -> Any:
+        return await self._conn.call(
             3,
             {
                 "topics": None if names is None else [{"name": n} for n in names],
@@ -95,7 +188,6 @@ class PyralogClient:
                 "include_topic_authorized_operations": False,
             },
         )
-        return [TopicInfo(t.name, len(t.partitions), int(t.error_code)) for t in body.topics]
 
     async def create_topic(
         self, name: str, *, partitions: int = 1, configs: dict[str, str] | None = None
@@ -173,36 +265,47 @@ class PyralogClient:
         data = {
             "transactional_id": None,
             "acks": acks,
-            "timeout": 30_000,
+            "timeout": PRODUCE_TIMEOUT_MS,
             "topic_data": [
                 {"name": topic, "partition_data": [{"index": partition, "records": payload}]}
             ],
         }
-        body = await self._conn.call(0, data, expect=acks != 0)
-        if body is None:
-            return -1
-        result = body.responses[0].partition_responses[0]
-        if result.error_code == UNKNOWN_TOPIC_OR_PARTITION and topic not in self._known:
-            # As Kafka's clients do: a Metadata request lets the broker auto-create it.
-            self._known.add(topic)
-            await self.topics([topic], create=True)
-            body = await self._conn.call(0, data)
+
+        async def send(conn: Connection) -> int:
+            body = await conn.call(0, data, expect=acks != 0)
+            if body is None:
+                return -1
             result = body.responses[0].partition_responses[0]
-        if result.error_code != 0:
-            raise KafkaError(
-                result.error_code,
-                f"produce to {topic}-{partition}",
-                getattr(result, "error_message", None),
-            )
-        return int(result.base_offset)
+            if result.error_code == UNKNOWN_TOPIC_OR_PARTITION and topic not in self._known:
+                # As Kafka's clients do: a Metadata request lets the broker auto-create it.
+                self._known.add(topic)
+                await self.topics([topic], create=True)
+                self._leaders.pop((topic, partition), None)
+                conn = await self._leader(topic, partition)
+                body = await conn.call(0, data)
+                result = body.responses[0].partition_responses[0]
+            if result.error_code != 0:
+                raise KafkaError(
+                    result.error_code,
+                    f"produce to {topic}-{partition}",
+                    getattr(result, "error_message", None),
+                )
+            return int(result.base_offset)
+
+        return int(await self._routed(topic, partition, send))
 
     # --- consuming ----------------------------------------------------------------
 
     async def offsets(self, topic: str, partition: int = 0) -> tuple[int, int]:
         """(earliest, latest) offsets of a partition; latest is the next to be written."""
+        return await self._routed(
+            topic, partition, lambda c: self._offsets(c, topic, partition), CONNECT + 5
+        )
+
+    async def _offsets(self, conn: Connection, topic: str, partition: int) -> tuple[int, int]:
         found = []
         for stamp in (-2, -1):
-            body = await self._conn.call(
+            body = await conn.call(
                 2,
                 {
                     "replica_id": -1,
@@ -231,7 +334,22 @@ class PyralogClient:
         max_bytes: int = 1 << 20,
     ) -> list[Message]:
         """Records from `offset` on (waiting up to max_wait_ms for some to arrive)."""
-        body = await self._conn.call(
+
+        async def send(conn: Connection) -> list[Message]:
+            return await self._fetch(conn, topic, partition, offset, max_wait_ms, max_bytes)
+
+        return list(await self._routed(topic, partition, send, max_wait_ms / 1000 + 5))
+
+    async def _fetch(
+        self,
+        conn: Connection,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_wait_ms: int,
+        max_bytes: int,
+    ) -> list[Message]:
+        body = await conn.call(
             1,
             {
                 "replica_id": -1,

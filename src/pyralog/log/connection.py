@@ -32,6 +32,9 @@ PREFERRED = {
 }
 
 
+CLOSE_TIMEOUT = 1.0
+
+
 class KafkaError(Exception):
     """A broker's error code, with the api and what it was about."""
 
@@ -153,5 +156,8 @@ class Connection:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._receiver
         self._writer.close()
+        # Bounded: towards a peer that died, a TCP close may wait for an answer that
+        # never comes (the embedded stack retransmits its FIN for a long while).
         with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()

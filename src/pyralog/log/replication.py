@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -57,13 +58,31 @@ class Replication:
         self.errors: list[str] = []
 
     async def start(self) -> None:
+        """Join the cluster; if its store does not answer yet, keep trying in the
+        background (until then this broker leads nothing and says so to clients)."""
         self.cluster.listeners.append(lambda _: self._dirty.set())
+        try:
+            await self._join()
+        except (StoreError, OSError) as e:
+            log.warning("cluster store unreachable (%s); retrying in the background", e)
+            self._tasks.append(asyncio.create_task(self._join_later()))
+
+    async def _join(self) -> None:
         await self.cluster.start()
         await self._reconcile(self.cluster.view)
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(self._reconciler()),
             asyncio.create_task(self._isr_loop()),
         ]
+
+    async def _join_later(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._join()
+                return
+            except (StoreError, OSError):
+                continue
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -192,7 +211,9 @@ class Replication:
         ):
             return
         if fetcher is not None:
-            await self.fetchers.pop(key).stop()
+            # Not awaited: its connection may be to a leader that died, whose close
+            # can take a while; the new fetcher need not wait for that.
+            self.fetchers.pop(key).task.cancel()
         if state.leader < 0:
             return
         self.fetchers[key] = Fetcher(self.ctx, live, state, self.me, self.address_of, self.network)
@@ -211,6 +232,9 @@ class Replication:
         alive = len(self.cluster.view.alive)
         if replication_factor == -1:
             replication_factor = min(self.default_replication_factor, alive)
+        if config.min_insync_replicas > replication_factor:
+            # A default of 2 on a topic of one replica would refuse every acks=all.
+            config = dataclasses.replace(config, min_insync_replicas=replication_factor)
         try:
             check_topic_name(name)
             record = await self.cluster.create_topic(name, config, replication_factor)

@@ -20,6 +20,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from pyralog.mesh import store_remote
 from pyralog.mesh.http import HttpError, Request, Response
 from pyralog.mesh.model import RecordError, check_node_id, check_role
 from pyralog.mesh.registry import Conflict
@@ -84,6 +85,11 @@ class CoordinatorApi:
             if path == "/v1/report" and method == "POST" and caller is not None:
                 self.service.save_report(caller, _report(request))
                 return Response(204)
+            if path == store_remote.PATH and method == "POST" and caller is not None:
+                if role != "node":
+                    raise HttpError(403, f"role {role!r} may not use the log's store")
+                answer = await store_remote.serve(self.service.log_store, request.json())
+                return Response(200, answer)
             if path == "/v1/enroll":
                 raise HttpError(409, "already a member; nothing to enroll")
             if role != ADMIN:

@@ -84,6 +84,14 @@ class LogSettings:
     flush: str = "interval"
     partitions: int = 1
     auto_create_topics: bool = True
+    # Replication (docs/REPLICATION.md): off, the broker is a single node.
+    replication: bool = False
+    cluster_store: str = "coordinator"  # or etcd://HOST:PORT[,...][/PREFIX]
+    replication_factor: int = 3  # default of new topics (at most the live brokers)
+    min_insync_replicas: int = 2  # default of new topics (capped at their factor)
+    session_timeout_ms: int = 4000
+    replica_lag_time_max_ms: int = 10000
+    rack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,8 +284,33 @@ def _log_section(path: str, base: Path, table: Mapping[str, Any]) -> LogSettings
         raise section.error("flush", f"expected one of {choices}, got {show(flush)}")
     partitions = section.integer("partitions", 1, 10000, 1)
     auto = section.get("auto_create_topics", bool, True)
+    replication = section.get("replication", bool, False)
+    store = section.get("cluster_store", str, "coordinator")
+    if store != "coordinator" and not store.startswith("etcd://"):
+        raise section.error(
+            "cluster_store", f'expected "coordinator" or "etcd://HOST:PORT", got {show(store)}'
+        )
+    factor = section.integer("replication_factor", 1, 16, 3)
+    min_isr = section.integer("min_insync_replicas", 1, 16, 2)
+    session = section.integer("session_timeout_ms", 500, 600_000, 4000)
+    lag = section.integer("replica_lag_time_max_ms", 100, 3_600_000, 10000)
+    rack = section.get("rack", str)
     section.finish()
-    return LogSettings(enabled, base / data_dir, port, flush, partitions, auto)
+    return LogSettings(
+        enabled,
+        base / data_dir,
+        port,
+        flush,
+        partitions,
+        auto,
+        replication,
+        store,
+        factor,
+        min_isr,
+        session,
+        lag,
+        rack,
+    )
 
 
 def _check_interface_name(section: Section, name: str) -> None:

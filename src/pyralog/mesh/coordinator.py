@@ -31,7 +31,7 @@ from pyralog.mesh.keyfile import load_or_create
 from pyralog.mesh.model import NodeRecord
 from pyralog.mesh.policy import MeshSettings
 from pyralog.mesh.registry import Conflict, Identity, Registry
-from pyralog.mesh.store import open_store
+from pyralog.mesh.store import Store, open_log_store, open_store
 from pyralog.mesh.topology import Coordinator, host_network, peers_for
 from pyralog.netstack.embedded import EmbeddedTunnel
 from pyralog.wireguard.config import Config, InterfaceConfig
@@ -62,6 +62,7 @@ class CoordinatorService:
         # a store write wakes every long-poll, and 50 members reporting every 10 s made
         # the coordinator recompute 250 views a second (bench/mesh.py found it).
         self.reports: dict[str, tuple[dict[str, Any], float]] = {}
+        self.log_store: Store | None = None  # brokers' cluster state (store_remote.py)
         self._nodes_cache: tuple[int, list[NodeRecord]] | None = None
         self._recent: dict[str, tuple[str, float]] = {}  # key -> (provisional address, until)
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +85,7 @@ class CoordinatorService:
         )
         store = open_store(cfg.store, cfg.base)
         self.registry = Registry(store, identity)
+        self.log_store = open_log_store(cfg.store, cfg.base)
         if await self.registry.publish_settings(self.settings):
             _log("published topology and policy to the store")
         self._audit_file = open(cfg.audit_log, "a", encoding="utf-8")  # noqa: SIM115
@@ -161,6 +163,8 @@ class CoordinatorService:
             await self.tunnel.close()
         if self.registry is not None:
             await self.registry.store.close()
+        if self.log_store is not None:
+            await self.log_store.close()
         self.config.admin_socket.unlink(missing_ok=True)
         if self._audit_file is not None:
             self._audit_file.close()

@@ -36,6 +36,8 @@ from pyralog.mesh.join import enroll
 from pyralog.mesh.keyfile import load_or_create
 from pyralog.mesh.resolve import Resolver
 from pyralog.mesh.state import NodeState
+from pyralog.mesh.store import Store, open_store
+from pyralog.mesh.store_remote import RemoteStore
 from pyralog.mesh.token import JoinToken, TokenError
 from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
@@ -237,7 +239,10 @@ class MeshNode:
         network = self.backend.network
         address = network.addresses[0]
         defaults = dataclasses.replace(
-            TopicConfig(), flush=settings.flush, partitions=settings.partitions
+            TopicConfig(),
+            flush=settings.flush,
+            partitions=settings.partitions,
+            min_insync_replicas=settings.min_insync_replicas if settings.replication else 1,
         )
         storage = Storage(settings.data_dir, defaults)
         try:
@@ -270,6 +275,31 @@ class MeshNode:
             raise NodeError(f"[log] data_dir: {e}") from None
         except OSError as e:
             raise NodeError(f"[log] port {port}: cannot listen: {e.strerror or e}") from None
+        if settings.replication:
+            await self.broker.join_cluster(
+                self._cluster_store(),
+                network=network,
+                region=settings.rack,
+                session_timeout=settings.session_timeout_ms / 1000,
+                lag_max=settings.replica_lag_time_max_ms / 1000,
+                default_replication_factor=settings.replication_factor,
+            )
+            _log(
+                f"log: replicated, cluster state in {self.broker.ctx.replication.cluster.store.url}"
+            )
+
+    def _cluster_store(self) -> Store:
+        """Where the brokers keep their cluster state: the coordinator's log store over
+        the mesh, or an etcd of their own (``[log] cluster_store``)."""
+        url = self.config.log.cluster_store
+        if url != "coordinator":
+            return open_store(url)
+        if self.agent is None:
+            raise NodeError(
+                '[log] replication with cluster_store = "coordinator" needs a coordinator '
+                '([bootstrap]); a static mesh can use cluster_store = "etcd://HOST:PORT"'
+            )
+        return RemoteStore(self.agent.call, self.agent.coordinator_address)
 
     async def _greet_peers(self) -> None:
         """Handshake with every peer now. After a restart our peers still hold sessions

@@ -64,12 +64,34 @@ def open_store(url: str, base: Path | None = None) -> Store:
         from pyralog.mesh.store_etcd import EtcdStore
 
         return EtcdStore.from_url(url)
+    from pyralog.mesh.store_sqlite import SqliteStore
+
+    return SqliteStore(_sqlite_path(url, base))
+
+
+def _sqlite_path(url: str, base: Path | None) -> Path:
     path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
     if "://" in path:
         raise StoreError(f"store {url!r}: expected sqlite:///PATH, a path, or etcd://HOST:PORT")
-    from pyralog.mesh.store_sqlite import SqliteStore
-
     resolved = Path(path)
     if base is not None and not resolved.is_absolute():
         resolved = base / resolved
-    return SqliteStore(resolved)
+    return resolved
+
+
+LOG_SUFFIX = "-log"
+
+
+def open_log_store(url: str, base: Path | None = None) -> Store:
+    """The replicated log's store beside the coordinator's (``url`` is the coordinator's):
+    its own SQLite file, or a sibling etcd prefix. Kept apart because brokers heartbeat
+    every second, and each write to the mesh's store would wake every member's watch."""
+    if url.startswith("etcd://"):
+        from pyralog.mesh.store_etcd import EtcdStore, parse_url
+
+        endpoints, prefix = parse_url(url)
+        return EtcdStore(endpoints, prefix.rstrip("/") + LOG_SUFFIX + "/")
+    from pyralog.mesh.store_sqlite import SqliteStore
+
+    path = _sqlite_path(url, base)
+    return SqliteStore(path.with_name(path.stem + LOG_SUFFIX + path.suffix))
