@@ -14,8 +14,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pyralog.cli.stopping import stop_event
+
+if TYPE_CHECKING:
+    from pyralog.wireguard.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,23 +57,24 @@ def _fail(message: object) -> int:
 def run(args: argparse.Namespace) -> int:
     from pyralog.log.client import parse_address
     from pyralog.log.mirror import MirrorError
-    from pyralog.wireguard.config import Config, ConfigFileError, load
+    from pyralog.wireguard.config import ConfigFileError, load
 
+    for flag, address in (("--source", args.source), ("--target", args.target)):
+        try:
+            parse_address(address)
+        except ValueError as e:
+            return _fail(f"{flag}: {e}")
     configs: dict[str, Config] = {}
-    try:
-        for flag, path in (("--source", args.source), ("--target", args.target)):
-            try:
-                parse_address(path)
-            except ValueError as e:
-                return _fail(f"{flag}: {e}")
-        for flag, path in (("--source-tunnel", args.source_tunnel),
-                           ("--target-tunnel", args.target_tunnel)):  # fmt: skip
-            if path is not None and path not in configs:
-                configs[path] = load(path)
-                if not configs[path].interface.addresses:
-                    return _fail(f"{flag} {path}: [Interface] needs an Address")
-    except ConfigFileError as e:
-        return _fail(e)
+    tunnels = {"--source-tunnel": args.source_tunnel, "--target-tunnel": args.target_tunnel}
+    for flag, path in tunnels.items():
+        if path is None or path in configs:
+            continue
+        try:
+            configs[path] = load(path)
+        except ConfigFileError as e:
+            return _fail(e)
+        if not configs[path].interface.addresses:
+            return _fail(f"{flag} {path}: [Interface] needs an Address")
     logging.basicConfig(
         level=logging.INFO, format="pyralog mirror: %(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
-async def _mirror(args: argparse.Namespace, configs: dict) -> int:  # type: ignore[type-arg]
+async def _mirror(args: argparse.Namespace, configs: dict[str, Config]) -> int:
     from pyralog.log.mirror import Mirror
     from pyralog.net import EmbeddedNetwork
 

@@ -77,7 +77,7 @@ class PartitionStats:
     partition: int
     next_offset: int = -1  # the next source offset to copy (-1: not resumed yet)
     source_end: int = -1  # the source partition's high watermark, as last seen
-    records: int = 0  # copied by this Mirror
+    records: int = 0  # acknowledged to this Mirror (duplicates of another's batches too)
     bytes: int = 0  # of keys, values and headers copied
 
     @property
