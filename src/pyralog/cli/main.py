@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import forward, keys, log, mesh, wgconvert
+from pyralog.cli import forward, keys, log, mesh, mirror, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_parser(sub)
     mesh.add_parsers(sub)
     log.add_parsers(sub)
+    mirror.add_parser(sub)
     return parser
 
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return mesh.run_node(args)
         if args.command in ("broker", "topic", "produce", "consume"):
             return log.run(args)
+        if args.command == "mirror":
+            return mirror.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -1,8 +1,10 @@
 """Records inside v2 batches, for the client: build a batch, read one back.
 
-Building uses `kio.records.writers`. Reading is written here because `kio.records`
-truncates record timestamps to whole seconds and does not decompress; the varint
-primitives are kio's. gzip uses the standard library; snappy, lz4 and zstd use
+Building uses `kio.records.writers`; `encode_batch` (records with headers and exact
+millisecond timestamps, as the mirror copies them) is written here because kio's writer
+takes datetimes and converts them through float seconds. Reading is written here because
+`kio.records` truncates record timestamps to whole seconds and does not decompress; the
+varint primitives are kio's. gzip uses the standard library; snappy, lz4 and zstd use
 `cramjam` when it is installed (it is in the test extras; the broker itself never
 decompresses).
 """
@@ -16,15 +18,22 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from crc32c import crc32c
 from kio.records.schema import NewRecordBatch, Record, RecordHeader
 from kio.records.writers import write_new_batch
 from kio.serial.readers import read_signed_varint, read_signed_varlong
+from kio.serial.writers import write_signed_varint, write_signed_varlong
 from kio.static.primitive import TZAwareMicros, i8, i16, i32, i64
 
 from pyralog.log import batch
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 _XERIAL = b"\x82SNAPPY\x00"
+
+
+Header = tuple[str, bytes | None]
+# What encode_batch takes: (timestamp ms, key, value, headers).
+FullRecord = tuple[int, bytes | None, bytes | None, Sequence[Header]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +80,74 @@ def build_batch(
     return bytes(data)
 
 
+def encode_batch(
+    records: Sequence[FullRecord],
+    *,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
+    """An uncompressed v2 batch of (timestamp_ms, key, value, headers) records.
+
+    Timestamps go through as given (deltas from the first record's), to the millisecond.
+    """
+    if not records:
+        raise ValueError("a batch needs at least one record")
+    base_ts = records[0][0]
+    body = io.BytesIO()
+    for delta, (stamp, key, value, headers) in enumerate(records):
+        rec = io.BytesIO()
+        rec.write(b"\x00")  # record attributes
+        write_signed_varlong(rec, stamp - base_ts)
+        write_signed_varint(rec, delta)
+        _write_bytes(rec, key)
+        _write_bytes(rec, value)
+        write_signed_varint(rec, len(headers))
+        for name, hvalue in headers:
+            _write_bytes(rec, name.encode())
+            _write_bytes(rec, hvalue)
+        write_signed_varint(body, rec.tell())
+        body.write(rec.getvalue())
+    count = len(records)
+    max_ts = max(r[0] for r in records)
+    covered = struct.pack(
+        ">hiqqqhii", 0, count - 1, base_ts, max_ts, producer_id, producer_epoch,
+        base_sequence, count,
+    ) + body.getvalue()  # fmt: skip
+    # batch_length counts the leader epoch, magic and CRC fields (9 bytes) and the rest.
+    head = struct.pack(">qiibI", 0, len(covered) + 9, -1, batch.MAGIC, crc32c(covered))
+    return head + covered
+
+
+def _write_bytes(out: io.BytesIO, value: bytes | None) -> None:
+    if value is None:
+        write_signed_varint(out, -1)
+    else:
+        write_signed_varint(out, len(value))
+        out.write(value)
+
+
+def read_batches(
+    topic: str, partition: int, data: bytes
+) -> list[tuple[batch.BatchHeader, list[Message]]]:
+    """The whole batches in fetched bytes, each with its records (a cut-off tail is left)."""
+    out: list[tuple[batch.BatchHeader, list[Message]]] = []
+    at = 0
+    while len(data) - at >= batch.HEADER_SIZE:
+        header = batch.read_header(data, at)
+        if len(data) - at < header.size:
+            break
+        out.append((header, list(read_messages(topic, partition, data[at : at + header.size]))))
+        at += header.size
+    return out
+
+
 def _recompress(data: bytearray, codec: int, body: bytes) -> bytearray:
     """The same batch with its records replaced by `body` under `codec`."""
     out = bytearray(data[: batch.HEADER_SIZE]) + body
     (attributes,) = struct.unpack_from(">h", out, 21)
     struct.pack_into(">h", out, 21, (attributes & ~batch.COMPRESSION_MASK) | codec)
     struct.pack_into(">i", out, 8, len(out) - batch.LOG_OVERHEAD)
-    from crc32c import crc32c
-
     struct.pack_into(">I", out, 17, crc32c(memoryview(out)[batch.CRC_START :]))
     return out
 
@@ -176,4 +245,14 @@ def _bytes(body: bytes, at: int) -> tuple[bytes | None, int]:
     return body[at : at + size], at + size
 
 
-__all__ = ["CODECS", "Message", "RecordHeader", "build_batch", "decompress", "read_messages"]
+__all__ = [
+    "CODECS",
+    "FullRecord",
+    "Message",
+    "RecordHeader",
+    "build_batch",
+    "decompress",
+    "encode_batch",
+    "read_batches",
+    "read_messages",
+]
