@@ -101,6 +101,11 @@ class PyralogClient:
 
     # --- leaders ------------------------------------------------------------------
 
+    async def leader(self, topic: str, partition: int) -> Connection:
+        """The connection to the partition's leader, as last learned (for callers that
+        build their own requests, such as the mirror)."""
+        return await self._leader(topic, partition)
+
     async def _forget(self, conn: Connection | None) -> None:
         """Drop a connection that failed (not the bootstrap one: topic requests use it)."""
         for address, known in list(self._conns.items()):

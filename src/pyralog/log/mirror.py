@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyralog.log.client import PyralogClient, parse_address
-from pyralog.log.connection import KafkaError
+from pyralog.log.connection import Connection, KafkaError
 from pyralog.log.records import Message, encode_batch, read_batches
 from pyralog.net import Network
 
@@ -119,12 +119,26 @@ async def _fetch(
     client: PyralogClient, wanted: dict[Key, int], max_wait_ms: int
 ) -> dict[Key, tuple[int, int, bytes]]:
     """One Fetch for several partitions: {(topic, partition): (error, high watermark, bytes)}."""
+    # One request per leader: in a replicated cluster the partitions lead on several brokers.
+    by_leader: dict[int, tuple[Connection, dict[Key, int]]] = {}
+    for key, offset in wanted.items():
+        conn = await client.leader(*key)
+        by_leader.setdefault(id(conn), (conn, {}))[1][key] = offset
+    answers = await asyncio.gather(
+        *(_fetch_from(conn, part, max_wait_ms) for conn, part in by_leader.values())
+    )
+    return {k: v for answer in answers for k, v in answer.items()}
+
+
+async def _fetch_from(
+    conn: Connection, wanted: dict[Key, int], max_wait_ms: int
+) -> dict[Key, tuple[int, int, bytes]]:
     topics: dict[str, list[dict[str, int]]] = {}
     for (topic, p), offset in wanted.items():
         topics.setdefault(topic, []).append(
             {"partition": p, "fetch_offset": offset, "partition_max_bytes": FETCH_BYTES}
         )
-    body = await client.connection.call(
+    body = await conn.call(
         1,
         {
             "replica_id": -1, "max_wait": max_wait_ms, "min_bytes": 1,
@@ -429,7 +443,8 @@ class Mirror:
             stats.bytes += sum(record_size(m) for m in chunk)
 
     async def _produce(self, target: PyralogClient, topic: str, p: int, payload: bytes) -> None:
-        body = await target.connection.call(
+        conn = await target.leader(topic, p)
+        body = await conn.call(
             0,
             {
                 "transactional_id": None, "acks": -1, "timeout": int(self._timeout * 1000),
