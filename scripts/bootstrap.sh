@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # kmod: modprobe, so tc can load sch_netem for the lossy-link test where the kernel has it.
 # etcd-server: /usr/bin/etcd, for the etcd store's tests (they run members of their own).
-apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump kmod python3-venv etcd-server kcat nats-server)
+apt_packages=(wireguard-tools wireguard-go iproute2 iputils-ping tcpdump kmod python3-venv etcd-server kcat nats-server nftables)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
