@@ -16,7 +16,7 @@ DEFAULT_BROKER = "127.0.0.1:9092"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    broker = sub.add_parser("broker", help="run a single-node Kafka-protocol broker")
+    broker = sub.add_parser("broker", help="run a Kafka-protocol broker")
     broker.add_argument("--data", "-d", required=True, help="the data directory")
     broker.add_argument("--listen", default=DEFAULT_BROKER, help="host:port (default %(default)s)")
     broker.add_argument("--advertise", help="host:port clients are told to use (default: --listen)")
@@ -30,6 +30,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     broker.add_argument(
         "--no-auto-create", action="store_true", help="refuse to create topics on first use"
     )
+    repl = broker.add_argument_group("replication (docs/REPLICATION.md)")
+    repl.add_argument(
+        "--cluster-store",
+        metavar="URL",
+        help="join the brokers sharing this store: etcd://HOST:PORT[,...][/PREFIX], or "
+        "sqlite:///PATH for brokers on one machine (needs a distinct --node-id each)",
+    )
+    repl.add_argument("--replication-factor", type=int, default=3, metavar="N")
+    repl.add_argument("--min-insync-replicas", type=int, default=2, metavar="N")
+    repl.add_argument("--rack", help="this broker's region or rack (replicas spread across)")
+    repl.add_argument("--session-timeout-ms", type=int, default=4000, metavar="MS")
+    repl.add_argument("--replica-lag-time-max-ms", type=int, default=10000, metavar="MS")
 
     def with_broker(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -90,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from pyralog.log.client import parse_address
     from pyralog.log.connection import ConnectionClosed, KafkaError
     from pyralog.log.errors import StorageError, TopicConfigError
+    from pyralog.mesh.store import StoreError
 
     command = args.command if args.command != "topic" else f"topic {args.topic_command}"
     try:
@@ -97,7 +110,14 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(_broker(args))
         parse_address(args.broker)
         return asyncio.run(_client_command(args))
-    except (KafkaError, StorageError, TopicConfigError, ValueError, ConnectionClosed) as e:
+    except (
+        KafkaError,
+        StorageError,
+        StoreError,
+        TopicConfigError,
+        ValueError,
+        ConnectionClosed,
+    ) as e:
         return _fail(command, e)
     except TimeoutError:
         return _fail(command, f"no answer from the broker at {args.broker}")
@@ -126,6 +146,10 @@ async def _broker(args: argparse.Namespace) -> int:
         defaults = dataclasses.replace(defaults, flush=args.flush)
     if args.partitions:
         defaults = dataclasses.replace(defaults, partitions=args.partitions)
+    if args.cluster_store:
+        if not 1 <= args.min_insync_replicas <= 16 or not 1 <= args.replication_factor <= 16:
+            raise ValueError("--replication-factor and --min-insync-replicas: expected 1-16")
+        defaults = dataclasses.replace(defaults, min_insync_replicas=args.min_insync_replicas)
     data = Path(args.data)
     storage = Storage(data, defaults)
     storage.open()
@@ -143,6 +167,16 @@ async def _broker(args: argparse.Namespace) -> int:
         bound = await broker.start(host, port)
         if adv_port == 0:
             broker.ctx.config = dataclasses.replace(config, advertised_port=bound[0][1])
+        if args.cluster_store:
+            from pyralog.mesh.store import open_store
+
+            await broker.join_cluster(
+                open_store(args.cluster_store),
+                region=args.rack,
+                session_timeout=args.session_timeout_ms / 1000,
+                lag_max=args.replica_lag_time_max_ms / 1000,
+                default_replication_factor=args.replication_factor,
+            )
         print(
             f"pyralog broker: listening on {', '.join(f'{h}:{p}' for h, p in bound)}, "
             f"data in {data}",
