@@ -110,6 +110,8 @@ class Broker:
             default_replication_factor=default_replication_factor,
         )
         self.ctx.replication = replication
+        self.ctx.groups.replicate()
+        replication.role_listeners.append(self.ctx.groups.on_role)
         try:
             await replication.start()
         except BaseException:

@@ -80,7 +80,8 @@ class Cluster:
     ) -> None:
         self.store = store
         self.me = replace(me, incarnation=me.incarnation or uuid.uuid4().hex)
-        self.heartbeat = heartbeat
+        # Several beats per session timeout, so one late beat is not a death.
+        self.heartbeat = min(heartbeat, session_timeout / 4)
         self.session_timeout = session_timeout
         self.clock = clock
         self.view = ClusterView()

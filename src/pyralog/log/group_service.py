@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode as E
 
 from pyralog.log.errors import StorageError
+from pyralog.log.group_log import TOPIC as GROUP_TOPIC
+from pyralog.log.group_log import GroupLog, PartitionGroups
 from pyralog.log.groups import Completion, GroupCoordinator, JoinResult, SyncResult
 from pyralog.log.offsets import OffsetCommit, OffsetStore
 
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from pyralog.log.context import Context
 
 NO_OFFSET = -1
+log = logging.getLogger("pyralog.log.groups")
 
 
 class GroupService:
@@ -35,6 +39,51 @@ class GroupService:
         self._futures: dict[Completion, asyncio.Future[Any]] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # In a replicated cluster: the groups' state in __consumer_offsets (group_log.py)
+        # instead of the local SQLite file, and only the groups this broker coordinates.
+        self.log: GroupLog | None = None
+        self._saved: dict[str, int] = {}  # generation last written, per group
+
+    # -- replicated groups ----------------------------------------------------------
+
+    def replicate(self) -> None:
+        """Keep group state in the replicated topic from now on (call before joining);
+        the local file's groups are not this cluster's."""
+        self.log = GroupLog(self._ctx)
+        self._coord.drop(self._coord.group_ids())
+
+    def on_role(self, live: Any, leading: bool) -> None:
+        """Replication's hook: this broker started or stopped leading `live`."""
+        if self.log is None or live.log.topic != GROUP_TOPIC:
+            return
+        k = live.log.partition
+        if leading:
+            self.log.led(k, self._restore)
+        else:
+            self._coord.drop(self.log.lost(k))
+            self._dispatch()
+
+    def _restore(self, state: PartitionGroups) -> None:
+        now = time.monotonic()
+        with_offsets = {g for g, _, _ in state.offsets}
+        for group_id, snapshot in state.groups.items():
+            self._coord.restore(now, snapshot, offsets=group_id in with_offsets)
+            self._saved[group_id] = snapshot.generation
+        self._coord.note_offsets(with_offsets - set(state.groups))
+        self._dispatch()
+
+    def owner(self, group_id: str) -> int:
+        """NONE where this broker may answer for the group, else the client's error."""
+        return E.none if self.log is None else self.log.status(group_id)
+
+    async def find(self, group_id: str) -> tuple[int, int | None]:
+        """(error, coordinator broker id) for FindCoordinator in a replicated cluster."""
+        assert self.log is not None
+        code = await self.log.ensure_topic()
+        if code != E.none:
+            return E.coordinator_not_available, None
+        broker = self.log.coordinator_of(group_id)
+        return (E.none, broker) if broker is not None else (E.coordinator_not_available, None)
 
     def start(self) -> None:
         try:
@@ -103,8 +152,15 @@ class GroupService:
     # -- the requests -----------------------------------------------------------------
 
     async def join(self, **request: Any) -> dict[str, Any]:
+        refused = self.owner(request["group_id"])
+        if refused != E.none:
+            return self._join_answer(JoinResult.failed(E(refused), request["member_id"]))
         ticket = self._coord.join(time.monotonic(), **request)
         result: JoinResult = await self._wait(ticket)
+        return self._join_answer(result)
+
+    @staticmethod
+    def _join_answer(result: JoinResult) -> dict[str, Any]:
         return {
             "error_code": result.error_code,
             "generation_id": result.generation_id,
@@ -123,8 +179,15 @@ class GroupService:
         }
 
     async def sync(self, **request: Any) -> dict[str, Any]:
-        ticket = self._coord.sync(time.monotonic(), **request)
-        result: SyncResult = await self._wait(ticket)
+        group_id = request["group_id"]
+        refused = self.owner(group_id)
+        if refused != E.none:
+            result = SyncResult.failed(E(refused))
+        else:
+            ticket = self._coord.sync(time.monotonic(), **request)
+            result = await self._wait(ticket)
+            if result.error_code == E.none and self.log is not None:
+                await self._save(group_id)
         return {
             "error_code": result.error_code,
             "protocol_type": result.protocol_type,
@@ -132,12 +195,32 @@ class GroupService:
             "assignment": result.assignment,
         }
 
+    async def _save(self, group_id: str) -> None:
+        """Write the group's new generation down before answering its members, so the
+        next coordinator carries on with it (once per generation)."""
+        assert self.log is not None
+        snapshot = self._coord.snapshot(group_id)
+        if snapshot is None or self._saved.get(group_id, -1) >= snapshot.generation:
+            return
+        self._saved[group_id] = snapshot.generation
+        code = await self.log.save_group(snapshot)
+        if code != E.none:
+            self._saved.pop(group_id, None)
+            log.warning("group %s generation %d not saved: %s", group_id, snapshot.generation,
+                        E(code).name)  # fmt: skip
+
     def heartbeat(self, group_id: str, generation_id: int, member_id: str) -> int:
+        refused = self.owner(group_id)
+        if refused != E.none:
+            return refused
         code = self._coord.heartbeat(time.monotonic(), group_id, generation_id, member_id)
         self._dispatch()
         return code
 
     def leave(self, group_id: str, members: list[str]) -> list[int]:
+        refused = self.owner(group_id)
+        if refused != E.none:
+            return [refused] * len(members)
         codes = self._coord.leave(time.monotonic(), group_id, members)
         self._dispatch()
         return codes
@@ -149,17 +232,20 @@ class GroupService:
         member_id: str,
         offsets: list[tuple[str, int, int, str | None, int]],
     ) -> list[int]:
-        code = self._coord.validate_commit(time.monotonic(), group_id, generation_id, member_id)
-        self._dispatch()
+        code = self.owner(group_id)
+        if code == E.none:
+            code = self._coord.validate_commit(time.monotonic(), group_id, generation_id, member_id)
+            self._dispatch()
         if code != E.none:
             return [code] * len(offsets)
         codes = [
-            E.none
-            if self._ctx.storage.partition(t, p) is not None
-            else E.unknown_topic_or_partition
+            E.none if self._partition_exists(t, p) else E.unknown_topic_or_partition
             for t, p, *_ in offsets
         ]
         store = [OffsetCommit(*o) for o, c in zip(offsets, codes, strict=True) if c == E.none]
+        if store and self.log is not None:
+            written = await self.log.commit(group_id, store)
+            return [written if c == E.none else c for c in codes]
         if store:
             assert self.offsets is not None
             await self._ctx.run_io(
@@ -167,13 +253,20 @@ class GroupService:
             )
         return codes
 
+    def _partition_exists(self, topic: str, partition: int) -> bool:
+        if self._ctx.replication is not None:
+            record = self._ctx.replication.cluster.view.topics.get(topic)
+            return record is not None and 0 <= partition < len(record.assignment)
+        return self._ctx.storage.partition(topic, partition) is not None
+
     def fetch_offsets(
         self, group_id: str, wanted: list[tuple[str, list[int]]] | None
     ) -> list[tuple[str, list[tuple[int, int, str | None, int, int]]]]:
         """Per topic: (partition, offset, metadata, leader epoch, error) for OffsetFetch."""
-        assert self.offsets is not None
+        source: Any = self.log if self.log is not None else self.offsets
+        assert source is not None
         if wanted is None:
-            committed = self.offsets.fetch_group(group_id)
+            committed = source.fetch_group(group_id)
             topics: dict[str, list[int]] = {}
             for topic, partition in sorted(committed):
                 topics.setdefault(topic, []).append(partition)
@@ -182,7 +275,7 @@ class GroupService:
         for topic, partitions in wanted:
             parts = []
             for partition in partitions:
-                found = self.offsets.fetch(group_id, topic, partition)
+                found = source.fetch(group_id, topic, partition)
                 if found is None:
                     parts.append((partition, NO_OFFSET, "", -1, int(E.none)))
                 else:
@@ -195,6 +288,11 @@ class GroupService:
         return self._coord.list_groups()
 
     def describe(self, group_id: str) -> dict[str, Any]:
+        refused = self.owner(group_id)
+        if refused != E.none:
+            return {"error_code": refused, "group_id": group_id, "group_state": "",
+                    "protocol_type": "", "protocol_data": "", "members": [],
+                    "authorized_operations": -(2**31)}  # fmt: skip
         d = self._coord.describe(group_id)
         return {
             "error_code": d.error_code,
@@ -217,5 +315,7 @@ class GroupService:
         }
 
     async def topic_deleted(self, topic: str) -> None:
-        if self.offsets is not None:
+        if self.log is not None:
+            await self.log.topic_deleted(topic)
+        elif self.offsets is not None:
             await self._ctx.run_io(self.offsets.delete_topic, topic)

@@ -22,12 +22,14 @@ __all__ = [
     "ErrorCode",
     "Group",
     "GroupDescription",
+    "GroupSnapshot",
     "GroupState",
     "JoinResult",
     "JoinTicket",
     "JoinedMember",
     "Member",
     "MemberDescription",
+    "SnapshotMember",
     "SyncResult",
     "SyncTicket",
 ]
@@ -137,6 +139,30 @@ class GroupDescription:
     protocol_type: str
     protocol_name: str
     members: tuple[MemberDescription, ...]
+
+
+class SnapshotMember(NamedTuple):
+    """A member as written to the group log (times in seconds)."""
+
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout: float
+    rebalance_timeout: float
+    protocols: tuple[tuple[str, bytes], ...]
+    assignment: bytes
+
+
+class GroupSnapshot(NamedTuple):
+    """A Stable group as the next coordinator needs it (group_log.py writes it)."""
+
+    group_id: str
+    generation: int
+    protocol_type: str
+    protocol_name: str
+    leader: str
+    members: tuple[SnapshotMember, ...]
 
 
 @dataclass(eq=False, slots=True)

@@ -34,12 +34,14 @@ from pyralog.log.group_state import (
     ErrorCode,
     Group,
     GroupDescription,
+    GroupSnapshot,
     GroupState,
     JoinedMember,
     JoinResult,
     JoinTicket,
     Member,
     MemberDescription,
+    SnapshotMember,
     SyncResult,
     SyncTicket,
     Timer,
@@ -226,6 +228,90 @@ class GroupCoordinator:
                     )
         self._groups.clear()
         self._closed = True
+
+    # -- moving between coordinators (replicated groups, group_log.py) -------------
+
+    def snapshot(self, group_id: str) -> GroupSnapshot | None:
+        """A Stable group's generation, members and assignments, to be written down so
+        that the next coordinator can carry on with it; None for any other state."""
+        group = self._groups.get(group_id)
+        if group is None or group.state is not GroupState.STABLE:
+            return None
+        return GroupSnapshot(
+            group_id,
+            group.generation,
+            group.protocol_type or "",
+            group.protocol_name or "",
+            group.leader or "",
+            tuple(
+                SnapshotMember(
+                    m.member_id,
+                    m.group_instance_id,
+                    m.client_id,
+                    m.client_host,
+                    m.session_timeout,
+                    m.rebalance_timeout,
+                    tuple(m.protocols),
+                    m.assignment,
+                )
+                for m in group.members.values()
+            ),
+        )
+
+    def restore(self, now: float, snapshot: GroupSnapshot | None, *, offsets: bool) -> None:
+        """Take over a group another coordinator ran: Stable at its generation, every
+        member given a fresh session (they heartbeat here once they find us), or just
+        listed as Empty if it only has committed offsets."""
+        self._advance(now)
+        if snapshot is None:
+            return
+        group = Group(
+            snapshot.group_id,
+            state=GroupState.STABLE if snapshot.members else GroupState.EMPTY,
+            generation=snapshot.generation,
+            protocol_type=snapshot.protocol_type or None,
+            protocol_name=snapshot.protocol_name or None,
+            leader=snapshot.leader or None,
+            has_offsets=offsets,
+        )
+        for m in snapshot.members:
+            group.members[m.member_id] = Member(
+                m.member_id,
+                m.group_instance_id,
+                m.client_id,
+                m.client_host,
+                m.session_timeout,
+                m.rebalance_timeout,
+                list(m.protocols),
+                now,
+                assignment=m.assignment,
+            )
+        self._groups[snapshot.group_id] = group
+
+    def note_offsets(self, group_ids: Iterable[str]) -> None:
+        """Groups known only by committed offsets (listed as Empty)."""
+        for group_id in group_ids:
+            self._groups.setdefault(group_id, Group(group_id)).has_offsets = True
+
+    def drop(self, group_ids: Iterable[str]) -> None:
+        """Another broker coordinates these groups now: waiting tickets get
+        NOT_COORDINATOR (poll them), and the groups are forgotten here."""
+        for group_id in list(group_ids):
+            group = self._groups.pop(group_id, None)
+            if group is None:
+                continue
+            for member in group.members.values():
+                if member.join is not None:
+                    self._machine.answer_join(
+                        member.join, JoinResult.failed(ErrorCode.not_coordinator, member.member_id)
+                    )
+                if member.sync is not None:
+                    self._machine.answer_sync(
+                        member.sync, SyncResult.failed(ErrorCode.not_coordinator)
+                    )
+
+    def group_ids(self) -> list[str]:
+        return list(self._groups)
 
     # -- ListGroups and DescribeGroups ---------------------------------------------
 

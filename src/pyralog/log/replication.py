@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kio.schema.errors import ErrorCode as E
@@ -56,6 +57,8 @@ class Replication:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
+        # Told when this broker starts (True) or stops (False) leading a partition.
+        self.role_listeners: list[Callable[[LivePartition, bool], None]] = []
 
     async def start(self) -> None:
         """Join the cluster; if its store does not answer yet, keep trying in the
@@ -197,9 +200,14 @@ class Replication:
         )
         self.advance(live)
         live.notify()
+        for listener in self.role_listeners:
+            listener(live, True)
 
     async def _follow(self, live: LivePartition, state: PartitionState) -> None:
         self._replicated(live)
+        if live.leader is not None:
+            for listener in self.role_listeners:
+                listener(live, False)
         live.leader = None
         live.state = state
         live.notify()  # produce requests waiting for acks=all give up now

@@ -1,6 +1,7 @@
 """Consumer-group APIs: FindCoordinator, Join/Sync/Heartbeat/Leave, offsets, listing.
 
-This broker is every group's coordinator. The group logic lives in
+A single broker is every group's coordinator; in a replicated cluster, the leader of
+the group's partition of ``__consumer_offsets`` is (group_log.py). The group logic lives in
 `pyralog.log.groups` (sans-IO) behind `pyralog.log.group_service`; this module only
 maps requests of every advertised version onto it.
 """
@@ -37,15 +38,42 @@ def _coordinator(ctx: Context, key: str, key_type: int) -> dict[str, Any]:
     }
 
 
+async def _replicated_coordinator(ctx: Context, key: str, key_type: int) -> dict[str, Any]:
+    """The leader of the group's partition of __consumer_offsets (group_log.py)."""
+    if key_type != KEY_GROUP:
+        return _coordinator(ctx, key, key_type)
+    code, broker = await ctx.groups.find(key)
+    record = ctx.replication.cluster.view.brokers.get(broker) if broker is not None else None
+    if record is None:
+        return {
+            "key": key,
+            "error_code": E.coordinator_not_available,
+            "node_id": -1,
+            "host": "",
+            "port": -1,
+            "error_message": "no broker leads this group's partition yet",
+        }
+    return {
+        "key": key,
+        "error_code": code,
+        "node_id": record.broker_id,
+        "host": record.host,
+        "port": record.port,
+        "error_message": None,
+    }
+
+
 async def find_coordinator(ctx: Context, req: Request) -> dict[str, Any]:
     body = req.body
     key_type = getattr(body, "key_type", KEY_GROUP)
+    keys = body.coordinator_keys if req.api_version >= 4 else [body.key]
+    if ctx.replication is not None:
+        answers = [await _replicated_coordinator(ctx, k, key_type) for k in keys]
+    else:
+        answers = [_coordinator(ctx, k, key_type) for k in keys]
     if req.api_version >= 4:
-        return {
-            "throttle_time": 0,
-            "coordinators": [_coordinator(ctx, k, key_type) for k in body.coordinator_keys],
-        }
-    return {"throttle_time": 0, **_coordinator(ctx, body.key, key_type)}
+        return {"throttle_time": 0, "coordinators": answers}
+    return {"throttle_time": 0, **answers[0]}
 
 
 async def join_group(ctx: Context, req: Request) -> dict[str, Any]:
@@ -130,10 +158,14 @@ async def offset_fetch(ctx: Context, req: Request) -> dict[str, Any]:
     wanted = (
         None if body.topics is None else [(t.name, list(t.partition_indexes)) for t in body.topics]
     )
-    found = ctx.groups.fetch_offsets(body.group_id, wanted)
+    refused = ctx.groups.owner(body.group_id)
+    if refused != E.none:
+        found = [(t, [(p, -1, "", -1, refused) for p in ps]) for t, ps in wanted or []]
+    else:
+        found = ctx.groups.fetch_offsets(body.group_id, wanted)
     return {
         "throttle_time": 0,
-        "error_code": E.none,
+        "error_code": refused,
         "topics": [
             {
                 "name": topic,
