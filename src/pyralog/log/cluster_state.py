@@ -146,6 +146,8 @@ class TopicRecord:
         except ValueError as e:
             raise StateError(f"{key}: {e}") from None
         replicas = tuple(_ints(key, {"r": r}, "r") for r in assignment)
+        if not all(replicas):
+            raise StateError(f"{key}: assignment: a partition without replicas")
         return cls(name, topic_id, topic_config, replicas)
 
 
