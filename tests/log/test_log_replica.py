@@ -1044,13 +1044,6 @@ def test_fetcher_truncates_a_diverged_log_then_copies(
     assert old.log_end_offset == 13 and old.high_watermark == new.high_watermark == 13
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a follower behind the leader's log start (retention deleted what it "
-    "needs next) never catches up: Fetcher._fetch calls truncate_to(leader log start), "
-    "which returns at once for an offset past the follower's log end, so the fetcher "
-    "asks for the same out-of-range offset again, with no pause, forever",
-)
 def test_fetcher_starts_over_at_the_leaders_log_start(
     logs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

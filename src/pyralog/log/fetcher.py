@@ -198,7 +198,9 @@ class Fetcher:
             return
         if answer.error_code == E.offset_out_of_range and offset < answer.log_start_offset:
             # Retention went past us on the leader: start over at its log start.
-            await self.ctx.run_io(partition_log.truncate_to, answer.log_start_offset)
+            await self.ctx.run_io(partition_log.restart_at, answer.log_start_offset)
+            log.info("%s: starting over at the leader's log start %d", self.name,
+                     answer.log_start_offset)  # fmt: skip
             return
         if answer.error_code != E.none:
             raise KafkaError(answer.error_code, f"replica fetch {self.name}@{offset}")

@@ -507,6 +507,25 @@ class PartitionLog:
                 with self._failing("cannot write", self.path / epochs.FILE_NAME):
                     epochs.save(self.path, self.epochs)
 
+    def restart_at(self, offset: int) -> None:
+        """Drop every batch and start the log afresh at `offset` (a follower whose next
+        offset the leader's retention already deleted starts over at the leader's start)."""
+        with self._flush_lock, self._lock:
+            self._check_open()
+            if offset <= self.log_end_offset:
+                raise ValueError(f"{self.name}: restart at {offset}: not past the log end")
+            try:
+                fresh = self._create_segment(offset, self._now_ms())
+                doomed, self._segments = self._segments[:-1], [fresh]
+                for segment in doomed:
+                    segment.delete()
+            except OSError as e:
+                raise self._error("cannot truncate", Path(e.filename or self.path), e) from e
+            self.high_watermark = offset
+            self.epochs = EpochHistory()
+            with self._failing("cannot write", self.path / epochs.FILE_NAME):
+                epochs.save(self.path, self.epochs)
+
     # -- helpers ------------------------------------------------------------------------
 
     def _now_ms(self) -> int:

@@ -35,7 +35,11 @@ async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
         for topic in body.topics:
             for p in topic.partitions:
                 live = ctx.partition(topic.topic, p.partition)
-                if live is not None and _leading(ctx, live, p) == E.none:
+                if (
+                    live is not None
+                    and _leading(ctx, live, p) == E.none
+                    and p.fetch_offset <= live.log.log_end_offset
+                ):
                     # Its fetch offset is its log end: this may move the high watermark.
                     rep.on_replica_fetch(live, replica, p.fetch_offset)
     wait_s = max(0, ms(body.max_wait)) / 1000
