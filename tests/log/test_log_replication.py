@@ -325,3 +325,46 @@ def test_internal_topic_and_bad_replication_requests(cluster: Cluster) -> None:
     assert wait_until(lambda: cluster.in_sync(GROUP_TOPIC, 3), 20)
     parts = cluster.partitions(GROUP_TOPIC)
     assert len(parts) == 3 and all(len(p["replicas"]) == 3 for p in parts)
+
+
+def _admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    from processes import console_script
+
+    via = next(iter(cluster.brokers.values())).address
+    argv = [str(console_script("pyralog-admin")), "--host", via, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_admin_commands_show_the_cluster_and_gate_on_replication(cluster: Cluster) -> None:
+    _create(cluster, "audit", partitions=2)
+    status = _admin(cluster, "cluster", "status")
+    assert status.returncode == 0, status.stderr
+    assert "controller" in status.stdout and "2 partitions, 0 under-replicated" in status.stdout
+    listing = _admin(cluster, "partition", "list")
+    assert listing.returncode == 0 and "audit-0" in listing.stdout and "audit-1" in listing.stdout
+    ok = _admin(cluster, "replication", "check")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "all 2 partitions fully replicated")
+    follower = next(n for n in cluster.brokers if n != _leader(cluster, "audit", 0))
+    cluster.kill(follower)
+
+    def flagged() -> subprocess.CompletedProcess[str] | None:
+        done = _admin(cluster, "replication", "check")
+        return done if done.returncode == 1 else None
+
+    bad = wait_until(flagged, 20, interval=0.5)
+    assert bad, "replication check never noticed the dead follower"
+    assert f"replica {follower} offline" in bad.stdout or "under-replicated" in bad.stdout
+    as_json = json.loads(_admin(cluster, "--json", "replication", "check").stdout)
+    assert {p["topic"] for p in as_json["partitions"]} == {"audit"}
+    assert all(p["problem"] for p in as_json["partitions"] if p["topic"] == "audit")
+    # Nobody to ask, or nothing to ask it: a clear line and exit 2.
+    argv_free = f"127.0.0.1:{free_port()}"
+    from processes import console_script
+
+    dead = subprocess.run([str(console_script("pyralog-admin")), "--host", argv_free,
+                           "replication", "check"], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert dead.returncode == 2 and "cannot ask the cluster" in dead.stdout
+    no_host = subprocess.run([str(console_script("pyralog-admin")), "partition", "list"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert no_host.returncode == 2 and "give --host BROKER" in no_host.stderr

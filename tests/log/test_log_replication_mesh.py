@@ -17,6 +17,7 @@ from typing import Any
 
 from meshlab import MeshLab, Proc, mesh_lab
 from processes import wait_until
+from pyralog.cli import admin_log
 from pyralog.log.client import PyralogClient
 from pyralog.net import EmbeddedNetwork
 from pyralog.wireguard.config import load
@@ -61,10 +62,12 @@ def test_a_killed_leader_is_replaced_and_loses_nothing_acknowledged() -> None:
             lab.node_config(name, token, extra=LOG_SECTION)
         nodes = {name: _start(lab, name) for name in NAMES}
         addresses = _by_address(lab, nodes)
-        conf = lab.root / "laptop.conf"
+        conf, ops = lab.root / "laptop.conf", lab.root / "ops.conf"
         lab.admin("client", "add", "--name", "laptop", "-o", str(conf))
+        lab.admin("client", "add", "--name", "ops", "--role", "admin", "-o", str(ops))
         for node in nodes.values():
-            lab.wait_peers(node, {"coordinator", "laptop", *(set(NAMES) - {node.name})}, 15)
+            lab.wait_peers(node, {"coordinator", "laptop", "ops", *(set(NAMES) - {node.name})},
+                           15)  # fmt: skip
         first = lab.address_of(nodes["b1"])
         report: dict[str, Any] = {}
 
@@ -128,6 +131,18 @@ def test_a_killed_leader_is_replaced_and_loses_nothing_acknowledged() -> None:
                     assert time.monotonic() < deadline, "the restarted node never rejoined"
                     await asyncio.sleep(0.5)
                 report["rejoined_s"] = time.monotonic() - killed_at
+                # An admin member asks the cluster through any broker, over the mesh:
+                # every leader reports its followers' lag (pyralog-admin --host).
+                admin_net = await EmbeddedNetwork.start(load(str(ops)))
+                try:
+                    cluster = await admin_log.gather(f"{survivor}:9092", network=admin_net)
+                finally:
+                    await admin_net.close()
+                assert cluster.unreachable == [] and not cluster.problems()
+                p0 = next(p for p in cluster.partitions if (p.topic, p.partition) == (TOPIC, 0))
+                assert p0.log_end == p0.high_watermark == 101
+                assert set(p0.lag) == set(p0.replicas) - {p0.leader}
+                assert all(n == 0 for n, _ in p0.lag.values()), p0.lag
             finally:
                 await net.close()
 

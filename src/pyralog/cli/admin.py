@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--socket", help="the coordinator's admin socket")
     where.add_argument("--config", help="coordinator.toml (to find its admin socket)")
     where.add_argument("--url", help="http://COORDINATOR-MESH-ADDRESS:PORT, from an admin member")
+    parser.add_argument(
+        "--host",
+        metavar="ADDRESS[:PORT]",
+        help="a broker of the replicated log (port 9092 by default): cluster status, "
+        "partition list and replication check ask the log cluster through it",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="area", metavar="AREA")
 
@@ -68,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action")
-    cluster.add_parser("status", help="every member: address, endpoint, handshake, health")
+    cluster.add_parser(
+        "status", help="every member (with --host: the log cluster's brokers and controller)"
+    )
+    partition = sub.add_parser("partition", help="the log's partitions (needs --host)")
+    partition.add_subparsers(dest="action").add_parser(
+        "list", help="leaders, replicas, in-sync sets, lag per follower"
+    )
+    replication = sub.add_parser("replication", help="the log's replication (needs --host)")
+    replication.add_subparsers(dest="action").add_parser(
+        "check", help="exit 1 if any partition is under-replicated or offline"
+    )
     return parser
 
 
@@ -273,6 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.area is None:
         parser.print_help(sys.stderr)
+        return 2
+    action = (args.area, getattr(args, "action", None))
+    log_actions = {("cluster", "status"), ("partition", "list"), ("replication", "check")}
+    if args.host is not None and action in log_actions:
+        from pyralog.cli import admin_log
+
+        return admin_log.run(args, _table)
+    if args.area in ("partition", "replication"):
+        if action not in log_actions:
+            raise SystemExit(f"pyralog-admin: say what to do (pyralog-admin {args.area} --help)")
+        print(f"pyralog-admin: {args.area} {action[1]}: give --host BROKER", file=sys.stderr)
         return 2
     method, path, body = _request(args)
     output = getattr(args, "output", None)

@@ -260,6 +260,38 @@ class Replication:
         await self._reconcile(self.cluster.view)
         return record
 
+    def report(self) -> dict[str, Any]:
+        """The partitions this broker leads, with each follower's lag (for admins)."""
+        now = time.monotonic()
+        partitions = []
+        for live in self.ctx.live_partitions():
+            leader = live.leader
+            if leader is None:
+                continue
+            end = live.log.log_end_offset
+            partitions.append(
+                {
+                    "topic": live.log.topic,
+                    "partition": live.log.partition,
+                    "leader_epoch": leader.epoch,
+                    "log_end_offset": end,
+                    "high_watermark": live.log.high_watermark,
+                    "isr": list(leader.isr),
+                    "followers": {
+                        str(r): {"lag_records": n, "lag_seconds": round(s, 3)}
+                        for r, (n, s) in leader.lag(end, now).items()
+                    },
+                }
+            )
+        view = self.cluster.view
+        return {
+            "broker_id": self.me,
+            "controller": view.controller,
+            "fenced": self.cluster.fenced,
+            "store": self.cluster.store.url,
+            "partitions": sorted(partitions, key=lambda p: (p["topic"], p["partition"])),
+        }
+
     # -- the leader's side ----------------------------------------------------------------
 
     def leader_of(self, live: LivePartition) -> LeaderState | None:

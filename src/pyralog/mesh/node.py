@@ -381,12 +381,19 @@ class MeshNode:
         }
 
     async def _info(self, request: http.Request) -> http.Response:
-        if (request.method, request.path) != ("GET", "/v1/whoami"):
+        routes = (("GET", "/v1/whoami"), ("GET", "/v1/log/replication"))
+        if (request.method, request.path) not in routes:
             return http.Response(404, {"error": f"no route {request.method} {request.path}"})
         peer = request.peer[0] if request.peer else ""
         member = self.directory.lookup(peer)
         if self.state is not None and not self.directory.permits(peer, INFO_PORT):
             return http.Response(403, {"error": f"{peer} may not reach port {INFO_PORT} here"})
+        if request.path == "/v1/log/replication":
+            # What this broker leads, with each follower's lag (pyralog-admin --host).
+            replication = self.broker.ctx.replication if self.broker is not None else None
+            if replication is None:
+                return http.Response(404, {"error": "this node's broker is not replicated"})
+            return http.Response(200, replication.report())
         you = None if member is None else member.__dict__
         return http.Response(200, {"you": you, "address": peer, "me": self.whoami()})
 
