@@ -110,6 +110,15 @@ class Context:
             self._live[key] = live
         return live
 
+    def missing(self, topic: str, partition: int) -> int:
+        """The error for a partition this broker does not hold: in a replicated cluster,
+        one that exists on other brokers is NOT_LEADER_OR_FOLLOWER (look again)."""
+        if self.replication is not None:
+            record = self.replication.cluster.view.topics.get(topic)
+            if record is not None and 0 <= partition < len(record.assignment):
+                return 6  # NOT_LEADER_OR_FOLLOWER
+        return 3  # UNKNOWN_TOPIC_OR_PARTITION
+
     def live_partitions(self) -> list[LivePartition]:
         return list(self._live.values())
 

@@ -96,6 +96,8 @@ def _collect(
         for p in topic.partitions:
             live = ctx.partition(topic.topic, p.partition)
             entry, data = _read(ctx, live, p, max(0, max_bytes - total), replica)
+            if live is None:
+                entry["error_code"] = ctx.missing(topic.topic, p.partition)
             if entry["error_code"] != E.none:
                 failed = True
             elif not data and live is not None:
@@ -156,7 +158,7 @@ async def list_offsets(ctx: Context, req: Request) -> dict[str, Any]:
             }
             live = ctx.partition(topic.name, p.partition_index)
             if live is None:
-                entry["error_code"] = E.unknown_topic_or_partition
+                entry["error_code"] = ctx.missing(topic.name, p.partition_index)
             elif (refused := _leading(ctx, live, p)) != E.none:
                 entry["error_code"] = refused
             elif p.timestamp == LATEST:
@@ -189,7 +191,7 @@ async def offsets_for_leader_epoch(ctx: Context, req: Request) -> dict[str, Any]
             }
             live = ctx.partition(topic.topic, p.partition)
             if live is None:
-                entry["error_code"] = E.unknown_topic_or_partition
+                entry["error_code"] = ctx.missing(topic.topic, p.partition)
             elif (refused := _leading(ctx, live, p)) != E.none:
                 entry["error_code"] = refused
             else:

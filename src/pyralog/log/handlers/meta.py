@@ -138,6 +138,8 @@ async def _cluster_metadata(ctx: Context, req: Request) -> dict[str, Any]:
         for b in sorted(view.brokers.values(), key=lambda b: b.broker_id)
         if b.broker_id in view.alive
     ]
+    if not any(b["node_id"] == ctx.config.node_id for b in brokers):
+        brokers.append(_broker(ctx))  # the store has not answered yet: at least we exist
     return {
         "throttle_time": 0,
         "brokers": brokers,

@@ -59,7 +59,8 @@ async def _produce_partition(
         return _result(index, E.invalid_request, "transactions are not supported")
     live = ctx.partition(topic, index)
     if live is None:
-        return _result(index, E.unknown_topic_or_partition, f"no partition {topic}-{index}")
+        code = E(ctx.missing(topic, index))
+        return _result(index, code, f"no partition {topic}-{index} here")
     payload = data.records
     try:
         batches = batch.split(payload or b"")
