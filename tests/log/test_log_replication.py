@@ -368,3 +368,22 @@ def test_admin_commands_show_the_cluster_and_gate_on_replication(cluster: Cluste
     no_host = subprocess.run([str(console_script("pyralog-admin")), "partition", "list"],
                              capture_output=True, text=True, timeout=30)  # fmt: skip
     assert no_host.returncode == 2 and "give --host BROKER" in no_host.stderr
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "aiokafka", "kcat"])
+def test_stock_clients_find_the_new_leader(cluster: Cluster, client: str) -> None:
+    import stockclients
+
+    if reason := stockclients.missing(client):
+        pytest.skip(reason)
+    topic = f"moving-{client}"
+    _create(cluster, topic)
+    before, after = stockclients.records(300, "before"), stockclients.records(300, "after")
+    stockclients.produce(client, cluster.bootstrap, topic, before)
+    victim = _leader(cluster, topic)
+    cluster.kill(victim)
+    assert wait_until(lambda: _leader(cluster, topic) not in (victim, -1), 20)
+    stockclients.produce(client, cluster.bootstrap, topic, after)
+    got = stockclients.read(client, cluster.bootstrap, topic, 600)
+    assert [(k, v) for _, k, v in got] == before + after
+    assert [o for o, _, _ in got] == list(range(600))
