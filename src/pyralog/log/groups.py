@@ -216,17 +216,7 @@ class GroupCoordinator:
 
     def close(self) -> None:
         """The broker stops coordinating: waiting tickets get NOT_COORDINATOR (poll them)."""
-        for group in self._groups.values():
-            for member in group.members.values():
-                if member.join is not None:
-                    self._machine.answer_join(
-                        member.join, JoinResult.failed(ErrorCode.not_coordinator, member.member_id)
-                    )
-                if member.sync is not None:
-                    self._machine.answer_sync(
-                        member.sync, SyncResult.failed(ErrorCode.not_coordinator)
-                    )
-        self._groups.clear()
+        self.drop(list(self._groups))
         self._closed = True
 
     # -- moving between coordinators (replicated groups, group_log.py) -------------
