@@ -43,6 +43,7 @@ from pyralog.log.cluster_state import (
 from pyralog.log.errors import TopicExists, UnknownTopic
 from pyralog.log.topic_config import TopicConfig
 from pyralog.mesh.store import Entry, Store, StoreError
+from pyralog.tasks import cancel_and_wait
 
 log = logging.getLogger("pyralog.log.controller")
 
@@ -122,11 +123,7 @@ class Cluster:
         )
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         # A clean stop leaves at once, so the controller need not wait out the timeout.
         with contextlib.suppress(StoreError, OSError):
             entry = await self.store.get(self.me.key())

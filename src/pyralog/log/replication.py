@@ -29,6 +29,7 @@ from pyralog.log.replica import LeaderState
 from pyralog.log.storage import check_topic_name
 from pyralog.log.topic_config import TopicConfig
 from pyralog.mesh.store import StoreError
+from pyralog.tasks import cancel_and_wait
 
 log = logging.getLogger("pyralog.log.replication")
 
@@ -88,11 +89,7 @@ class Replication:
                 continue
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         for fetcher in list(self.fetchers.values()):
             await fetcher.stop()
         self.fetchers.clear()
@@ -336,7 +333,10 @@ class Replication:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    log.warning("%s: in-sync set change failed: %s", live.log.name, e)
+                    message = f"{live.log.name}: in-sync set change failed: {e}"
+                    if message not in self.errors[-3:]:  # the store down: say it once
+                        log.warning("%s", message)
+                        self.errors = [*self.errors[-9:], message]
 
     async def _check_isr(self, live: LivePartition, leader: LeaderState) -> None:
         partition_log = live.log

@@ -34,6 +34,7 @@ from pyralog.mesh.registry import Conflict, Identity, Registry
 from pyralog.mesh.store import Store, open_log_store, open_store
 from pyralog.mesh.topology import Coordinator, host_network, peers_for
 from pyralog.netstack.embedded import EmbeddedTunnel
+from pyralog.tasks import cancel_and_wait
 from pyralog.wireguard.config import Config, InterfaceConfig
 from pyralog.wireguard.keys import PresharedKey, PublicKey
 
@@ -152,11 +153,7 @@ class CoordinatorService:
             _log("reload: topology and policy unchanged")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         for server in self._servers:
             server.close()
         if self.tunnel is not None:

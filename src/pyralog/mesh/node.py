@@ -16,7 +16,6 @@ TCP connection over the mesh from this node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -39,6 +38,7 @@ from pyralog.mesh.state import NodeState
 from pyralog.mesh.store import Store, open_store
 from pyralog.mesh.store_remote import RemoteStore
 from pyralog.mesh.token import JoinToken, TokenError
+from pyralog.tasks import cancel_and_wait
 from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 INFO_PORT = 7701
@@ -279,7 +279,7 @@ class MeshNode:
             await self.broker.join_cluster(
                 self._cluster_store(),
                 network=network,
-                region=settings.rack,
+                region=settings.rack or self._mesh_region(),
                 session_timeout=settings.session_timeout_ms / 1000,
                 lag_max=settings.replica_lag_time_max_ms / 1000,
                 default_replication_factor=settings.replication_factor,
@@ -287,6 +287,12 @@ class MeshNode:
             _log(
                 f"log: replicated, cluster state in {self.broker.ctx.replication.cluster.store.url}"
             )
+
+    def _mesh_region(self) -> str | None:
+        """The region the coordinator gave this node: replicas spread across regions."""
+        view = (self.agent.view if self.agent is not None else None) or {}
+        region = (view.get("self") or {}).get("region")
+        return region if isinstance(region, str) else None
 
     def _cluster_store(self) -> Store:
         """Where the brokers keep their cluster state: the coordinator's log store over
@@ -458,11 +464,7 @@ class MeshNode:
         }
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         for server in self._servers:
             server.close()
         if self.broker is not None:
