@@ -33,9 +33,9 @@ SESSION_MS = 1500
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, store: str | None = None) -> None:
         self.root = root
-        self.store = f"sqlite://{root / 'cluster.db'}"
+        self.store = store or f"sqlite://{root / 'cluster.db'}"
         self.ports = {i: free_port() for i in range(1, size + 1)}
         self.brokers: dict[int, RunningBroker] = {}
 
@@ -85,9 +85,15 @@ class Cluster:
             stop_process(broker.process, signal.SIGTERM, timeout=15)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+@pytest.fixture(params=["sqlite"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """Three brokers on one store: SQLite, or (parametrized "etcd") a real etcd."""
+    store = None
+    if request.param == "etcd":
+        from etcd import unique_prefix
+
+        store = request.getfixturevalue("etcd_server").url(unique_prefix("replication"))
+    c = Cluster(tmp_path, store=store)
     try:
         for node in c.ports:
             c.start(node)
@@ -164,6 +170,7 @@ def _leader(cluster: Cluster, topic: str, partition: int = 0) -> int:
     return int(cluster.partitions(topic)[partition]["leader"])
 
 
+@pytest.mark.parametrize("cluster", ["sqlite", "etcd"], indirect=True)
 def test_acks_all_survive_killing_the_leader_and_it_catches_up(cluster: Cluster) -> None:
     _create(cluster, "orders")
     producer = _producer(cluster)
@@ -183,7 +190,8 @@ def test_acks_all_survive_killing_the_leader_and_it_catches_up(cluster: Cluster)
     assert all(got[offset] == value for value, offset in acked.items())
     cluster.start(victim)
     assert wait_until(lambda: cluster.in_sync("orders", 3), 30), cluster.partitions("orders")
-    print(f"leader {victim} killed: the next 500 acks=all records took {recovered:.2f} s")
+    print(f"{cluster.store}: leader {victim} killed: the next 500 acks=all records took "
+          f"{recovered:.2f} s")  # fmt: skip
 
 
 def test_not_enough_replicas_is_refused_not_silently_accepted(cluster: Cluster) -> None:
