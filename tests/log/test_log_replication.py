@@ -266,7 +266,12 @@ def test_a_consumer_group_carries_on_when_its_coordinator_is_killed(cluster: Clu
         for p in (0, 1):
             _produce(producer, "events", [b"%d-late-%d" % (p, i) for i in range(100)], p)
         consume_until(800)
-        assert _group_coordinator(cluster, "billing") != coordinator
+        successor = _group_coordinator(cluster, "billing")
+        assert successor != coordinator
+        # It took the group over from __consumer_offsets (its generation and offsets).
+        took_over = [line for line in cluster.brokers[successor].log
+                     if "coordinating 1 groups" in line]  # fmt: skip
+        assert took_over, cluster.brokers[successor].log[-20:]
         committed_after = {
             tp.partition: tp.offset
             for tp in consumer.committed([confluent_kafka.TopicPartition("events", p)
