@@ -168,7 +168,9 @@ class Replication:
         key = (state.topic, state.partition)
         fetcher = self.fetchers.pop(key, None)
         if fetcher is not None:
-            fetcher.task.cancel()  # awaited by nobody: it holds no lock we need
+            # Not awaited: an append it has in flight runs on the one storage thread,
+            # so it lands before any append of ours.
+            fetcher.task.cancel()
         leader = live.leader
         if leader is not None and leader.epoch == state.leader_epoch:
             if state.version != leader.state.version:
@@ -219,8 +221,8 @@ class Replication:
             # Not awaited: its connection may be to a leader that died, whose close
             # can take a while; the new fetcher need not wait for that.
             self.fetchers.pop(key).task.cancel()
-        if state.leader < 0:
-            return
+        if state.leader < 0 or state.leader == self.me:
+            return  # no leader, or this broker fenced: nothing to copy from
         self.fetchers[key] = Fetcher(self.ctx, live, state, self.me, self.address_of, self.network)
 
     def address_of(self, broker_id: int) -> tuple[str, int] | None:
