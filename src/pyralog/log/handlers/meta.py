@@ -207,7 +207,10 @@ async def describe_configs(ctx: Context, req: Request) -> dict[str, Any]:
             "configs": [],
         }
         if resource.resource_type == RESOURCE_TOPIC:
-            topic = ctx.storage.topic(resource.resource_name)
+            topic: Any = ctx.storage.topic(resource.resource_name)
+            if topic is None and ctx.replication is not None:
+                # Held by other brokers: the cluster's record has its config.
+                topic = ctx.replication.cluster.view.topics.get(resource.resource_name)
             if topic is None:
                 entry["error_code"] = E.unknown_topic_or_partition
                 entry["error_message"] = f"no topic {resource.resource_name!r}"
