@@ -167,13 +167,16 @@ class MeshLab:
     def start_node(self, node_id: str, token: str | None, *, backend: str = "embedded",
                    prefix: list[str] = (), interface: str | None = None,
                    coordinators: list[str] | None = None, nobody: bool | None = None,
-                   wait: bool = True) -> Proc:  # fmt: skip
+                   wait: bool = True, extra: str = "") -> Proc:  # fmt: skip
+        """Start ``pyralog node`` for ``node_id``: with ``token``, on a fresh config
+        (``extra``: TOML appended to it, e.g. a ``[log]`` section); with None, on the
+        config already there (a restart, or one written by ``node_config``)."""
         existing = self.root / node_id / "wireguard.toml"
         if existing.exists() and token is None:
             d, port = self.root / node_id, 0
         else:
             d, port = self.node_config(node_id, token, backend=backend, interface=interface,
-                                       coordinators=coordinators)  # fmt: skip
+                                       coordinators=coordinators, extra=extra)  # fmt: skip
         argv = [str(console_script("pyralog")), "node", "--config", "wireguard.toml"]
         (d / "node.sock").unlink(missing_ok=True)  # a killed node's socket stays behind
         proc = self._spawn(node_id, d, argv, prefix, nobody=nobody)
