@@ -278,6 +278,40 @@ def test_a_killed_tun_node_leaves_nothing_and_comes_back_meshed(
     assert t.mesh.probe(t.nodes["b"], t.address("a"))["ok"]
 
 
+def test_a_stock_client_reaches_a_restarted_node_at_once(tun: MakeTun) -> None:
+    """A stock client (wireguard-go) holds a session with the node; kill -9 and restart
+    the node, which forgot it. The coordinator knows no endpoint for a client (it roams),
+    but the node kept where the client last reached it and greets it there: without
+    that, the client sends into the dead session until its WireGuard gives up (15 s)."""
+    t = tun(["n1", "laptop"])
+    t.start_coordinator()
+    t.start_nodes(["n1"], t.mesh.token(reusable=True))
+    laptop, n1 = t.namespaces["laptop"], t.namespaces["n1"]
+    bring_up_client(t, laptop, client_config(t, "laptop", "client"))
+    t.mesh.wait_peers(t.nodes["n1"], {"coordinator", "laptop"}, timeout=10)
+    address = t.address("n1")
+    assert laptop.ping(address, count=1, deadline=10)
+    state = t.mesh.root / "n1" / "node.key.mesh.json"
+    key = next(n["public_key"] for n in t.mesh.admin("node", "list") if n["node_id"] == "laptop")
+
+    def remembered() -> bool:
+        roaming = json.loads(state.read_text())["extra"].get("roaming_endpoints", {})
+        return roaming.get(key, "").startswith(f"{t.lan['laptop']}:")
+
+    assert wait_until(remembered, 10), state.read_text()
+    node = t.nodes["n1"].process
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    ifname = t.interfaces["n1"]
+    assert wait_until(lambda: not n1.pids() and ifname not in n1.links(), 10), t.leftovers()
+    t.nodes["n1"] = t.mesh.start_node("n1", None, prefix=n1.argv(), nobody=False)
+    started = time.monotonic()
+    assert laptop.ping(address, count=1, deadline=25)
+    took = time.monotonic() - started
+    print(f"the stock client reached the restarted node {took:.3f} s after it was up")
+    assert took < RESTART_LIMIT, took
+
+
 CHATTY_DAEMON = textwrap.dedent(
     """
     import asyncio, ipaddress, sys

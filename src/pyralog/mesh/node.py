@@ -16,6 +16,7 @@ TCP connection over the mesh from this node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyralog.link.control import PeerChange, SetRequest
+from pyralog.link.control import ConfigChangeError, PeerChange, SetRequest
 from pyralog.mesh import http
 from pyralog.mesh.agent import Agent
 from pyralog.mesh.backend import Backend, BackendSpec, choose, start_backend
@@ -39,9 +40,12 @@ from pyralog.mesh.store import Store, open_store
 from pyralog.mesh.store_remote import RemoteStore
 from pyralog.mesh.token import JoinToken, TokenError
 from pyralog.tasks import cancel_and_wait
+from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
 from pyralog.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 INFO_PORT = 7701
+ROAMING_CHECK = 2.0  # seconds between looks at where roaming peers (stock clients) are
+ROAMING_KEY = "roaming_endpoints"  # in NodeState.extra
 
 
 def _log(message: str) -> None:
@@ -50,6 +54,13 @@ def _log(message: str) -> None:
 
 def _endpoint_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_endpoint(text: str) -> tuple[str, int] | None:
+    try:
+        return parse_endpoint(text)
+    except EndpointError:
+        return None
 
 
 class NodeError(Exception):
@@ -204,6 +215,7 @@ class MeshNode:
             self._tasks += [
                 asyncio.create_task(self.agent.run()),
                 asyncio.create_task(self.agent.report_loop()),
+                asyncio.create_task(self._remember_roaming()),
             ]
         else:
             from pyralog.mesh.diff import plan
@@ -321,9 +333,54 @@ class MeshNode:
         if self.backend.name not in ("embedded", "userspace"):
             return
         met = {p.public_key.to_base64() for p in await self.backend.peers() if p.last_handshake}
+        # Roaming peers (stock clients: the coordinator has no endpoint for them) where
+        # they last reached us; they too hold a session we forgot.
+        remembered = {
+            key: endpoint
+            for key, text in self._roaming().items()
+            if (w := self.agent.applied.get(key)) is not None and w.endpoint is None
+            and key not in met and (endpoint := _parse_endpoint(text)) is not None
+        }  # fmt: skip
+        if remembered:
+            changes = [PeerChange(PublicKey.from_base64(k), update_only=True, endpoint=e)
+                       for k, e in remembered.items()]  # fmt: skip
+            with contextlib.suppress(ConfigChangeError):
+                await self.backend.apply(SetRequest(peers=changes))
         for key, wanted in self.agent.applied.items():
-            if wanted.endpoint is not None and key not in met:
+            if (wanted.endpoint is not None or key in remembered) and key not in met:
                 await self.backend.rekey(PublicKey.from_base64(key))
+
+    def _roaming(self) -> dict[str, str]:
+        """Public key -> ``host:port`` of each roaming peer as last seen (node state)."""
+        if self.state is None:
+            return {}
+        found = self.state.extra.get(ROAMING_KEY)
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    async def _remember_roaming(self) -> None:
+        """Keep in the node state where each roaming peer last reached us (a stock
+        client, whose endpoint only its own packets tell), so that a restarted node can
+        greet it too: without that the client goes on sending into the session this
+        node forgot until its WireGuard gives up on it (15 s) and handshakes again."""
+        while True:
+            await asyncio.sleep(ROAMING_CHECK)
+            with contextlib.suppress(Exception):  # best effort, like the reports
+                await self._note_roaming()
+
+    async def _note_roaming(self) -> None:
+        assert self.backend is not None and self.agent is not None
+        roaming = {k for k, w in self.agent.applied.items() if w.endpoint is None}
+        seen = {
+            key: _endpoint_text(*p.endpoint)
+            for p in await self.backend.peers()
+            if (key := p.public_key.to_base64()) in roaming
+            and p.endpoint is not None and p.last_handshake
+        }  # fmt: skip
+        known = self._roaming()
+        now = {k: v for k, v in {**known, **seen}.items() if k in roaming}
+        if now != known and self.state is not None:
+            self.state.extra[ROAMING_KEY] = now
+            self.state.save(NodeState.path_for(self.config.private_key_file))
 
     async def _static_psks(self) -> None:
         assert self.backend is not None
