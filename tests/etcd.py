@@ -10,17 +10,25 @@ Fixtures (registered for every test by ``pytest_plugins`` in tests/conftest.py):
   each test its own key prefix, ``unique_prefix`` makes one);
 - ``etcd_cluster``: a fresh three-member cluster for one test, which may kill members.
 
+``running_etcd(base, netns=NAME)`` runs the members inside a network namespace of the
+test's own (``ip netns exec NAME``), on that namespace's loopback: reachable only by
+the processes there (e.g. a coordinator in that namespace); its health checks run there
+too.
+
 Both skip, saying how to install it, when the etcd binary is missing.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -57,6 +65,41 @@ def needs_etcd() -> Path:
     return binary
 
 
+# An HTTP POST or GET from inside a namespace: prints the JSON answer, exits 1 on failure.
+_HTTP_IN_NAMESPACE = textwrap.dedent(
+    """
+    import sys, urllib.request
+    data = sys.argv[2].encode() if len(sys.argv) > 2 else None
+    request = urllib.request.Request(sys.argv[1], data=data, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:
+            sys.stdout.write(response.read().decode())
+    except Exception as e:
+        sys.exit(f"{e}")
+    """
+)
+
+
+def _http_json(url: str, data: bytes | None = None, netns: str | None = None) -> object:
+    """The JSON answer of GET (POST with ``data``) ``url``, None if there is none; from
+    inside network namespace ``netns`` when given."""
+    if netns is None:
+        request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _HTTP_IN_NAMESPACE, url]
+    if data:
+        argv.append(data.decode())
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+
+
 def unique_prefix(name: str = "test") -> str:
     """A key prefix no other test uses, for tests sharing one etcd."""
     return f"/{name}-{uuid.uuid4().hex[:12]}/"
@@ -70,6 +113,7 @@ class EtcdMember:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    netns: str | None = None  # the network namespace it runs in, None for this one
 
     @property
     def endpoint(self) -> str:
@@ -84,12 +128,19 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         """Whether this member answers /health with a leader in its cluster."""
-        url = f"http://{self.endpoint}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return json.loads(response.read()).get("health") == "true"
-        except (OSError, ValueError, urllib.error.URLError):
-            return False
+        answer = _http_json(f"http://{self.endpoint}/health", netns=self.netns)
+        return isinstance(answer, dict) and answer.get("health") == "true"
+
+    def keys(self, prefix: str) -> list[str] | None:
+        """The keys under ``prefix`` (etcd's v3 JSON API), None if it did not answer."""
+        encode = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # the first key past the prefix
+        body = json.dumps({"key": encode(start), "range_end": encode(end), "keys_only": True})
+        answer = _http_json(f"http://{self.endpoint}/v3/kv/range", body.encode(), self.netns)
+        if not isinstance(answer, dict):
+            return None
+        return [base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", [])]
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no goodbye to the cluster or its clients."""
@@ -121,12 +172,9 @@ class EtcdCluster:
         for member in self.members:
             if not member.running():
                 continue
-            try:
-                url = f"http://{member.endpoint}/v3/maintenance/status"
-                request = urllib.request.Request(url, data=b"{}", method="POST")
-                with urllib.request.urlopen(request, timeout=1) as response:
-                    status = json.loads(response.read())
-            except (OSError, ValueError, urllib.error.URLError):
+            url = f"http://{member.endpoint}/v3/maintenance/status"
+            status = _http_json(url, b"{}", netns=member.netns)
+            if not isinstance(status, dict):
                 continue
             if status.get("leader") and status.get("leader") == status["header"]["member_id"]:
                 return member
@@ -134,16 +182,18 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def running_etcd(base: Path, size: int = 1) -> Iterator[EtcdCluster]:
-    """Start an etcd cluster of ``size`` members under ``base``; kill them all on exit."""
+def running_etcd(base: Path, size: int = 1, netns: str | None = None) -> Iterator[EtcdCluster]:
+    """Start an etcd cluster of ``size`` members under ``base``, inside network namespace
+    ``netns`` if given (on its loopback); kill them all on exit."""
     binary = needs_etcd()
     cluster = EtcdCluster()
+    prefix = [] if netns is None else ["ip", "netns", "exec", netns]
     for i in range(size):
         name = f"m{i}"
         data = base / f"etcd-{name}"
-        cluster.members.append(
-            EtcdMember(name, free_port(), free_port(), data / "data", data / "etcd.log")
-        )
+        member = EtcdMember(name, free_port(), free_port(), data / "data", data / "etcd.log")
+        member.netns = netns
+        cluster.members.append(member)
     initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
     token = f"pyralog-test-{uuid.uuid4().hex[:8]}"
     try:
@@ -151,6 +201,7 @@ def running_etcd(base: Path, size: int = 1) -> Iterator[EtcdCluster]:
             m.data_dir.mkdir(parents=True)
             client_url = f"http://{m.endpoint}"
             argv = [
+                *prefix,
                 str(binary),
                 f"--name={m.name}",
                 f"--data-dir={m.data_dir}",
