@@ -29,6 +29,7 @@ replicas in sync, read every partition from the start with two independent consu
 - both saw exactly the same records at the same offsets (one order for all readers);
 - every acknowledged value is at exactly the (partition, offset) it was acknowledged at;
 - every value read was sent (it is in some producer's attempt log), and none twice;
+- each idempotent producer's values are in each partition in the order it sent them;
 
 then stop the nodes cleanly and read each one's data_dir directly (``Storage``,
 ``PartitionLog.read``, ``read_messages``): the three replicas hold identical records at
@@ -46,6 +47,7 @@ import ipaddress
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,9 +90,8 @@ UP_MARKER = "log: replicated"
 IN_FLIGHT = 0.2
 
 
-def kcat_missing() -> str | None:
-    import shutil
-
+def tools_missing() -> str | None:
+    """Why the harness cannot run here (kcat, nft or tc missing), None when it can."""
     missing = [t for t in ("kcat", "nft", "tc") if shutil.which(t) is None]
     return f"the Jepsen tests need {', '.join(missing)} (scripts/bootstrap.sh)" if missing else None
 
@@ -122,6 +123,8 @@ class Workload:
     stop_file: Path
     proc: subprocess.Popen[bytes]
     stderr: Path
+    prefix: str  # of its values: PREFIX-N, N counting up in the order sent
+    idempotent: bool = True
 
     def events(self) -> list[dict[str, Any]]:
         if not self.log.exists():
@@ -175,7 +178,8 @@ class Report:
         ]
         for f in self.faults:
             lines.append(
-                f"  {f['kind']} {f['node']} at +{f['at']:.2f} s (led {f['led']}): "
+                f"  {f['kind']} {f['node']} at +{f['at']:.2f} s for {f['lasted_s']} s "
+                f"(led {f['led']}): "
                 f"recovery (fault -> first ack after it) {f['recovery_s']}, longest ack gap "
                 f"{f['gap_s']}" + (f", {f['notes']}" if f["notes"] else "")
             )
@@ -350,7 +354,8 @@ class JepsenCluster:
                 sys.executable, str(CLIENT_SCRIPT), "produce", json.dumps(settings),
                 stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
-        w = Workload(name, log, stop_file, proc, stderr)
+        w = Workload(name, log, stop_file, proc, stderr, f"{settings['prefix']}-",
+                     settings.get("idempotent", True))  # fmt: skip
         self.workloads.append(w)
         return w
 
@@ -398,10 +403,7 @@ class JepsenCluster:
             name, None, prefix=self.ns(name).argv(), nobody=False
         )
         _wait_joined(self.t.nodes[name], before)
-        for fault in reversed(self.faults):
-            if fault.node == name and fault.kind == "kill" and fault.healed is None:
-                fault.healed = time.monotonic()
-                break
+        self._healed("kill", name)
         return time.monotonic() - started
 
     def isolate(self, name: str) -> Fault:
@@ -445,7 +447,7 @@ class JepsenCluster:
     def restore(self, name: str) -> None:
         for ns, dev in self._slowed.pop(name, []):
             ns.run("tc", "qdisc", "del", "dev", dev, "root", check=False)
-            self._healed("slow", name)
+        self._healed("slow", name)
 
     def _healed(self, kind: str, name: str) -> None:
         for fault in reversed(self.faults):
@@ -593,6 +595,19 @@ class JepsenCluster:
         unsent = [v for v in seen if v not in attempts]
         if unsent:
             problems.append(f"read but never sent: {len(unsent)}, e.g. {unsent[:5]}")
+        # Idempotence keeps each producer's order within a partition across retries.
+        for w in workloads:
+            if not w.idempotent:
+                continue
+            for p in PARTITIONS:
+                sent = [int(v.removeprefix(w.prefix)) for _, v in confluent[p]
+                        if v.startswith(w.prefix)]  # fmt: skip
+                if sent != sorted(sent):
+                    i = next(i for i, (a, b) in enumerate(itertools.pairwise(sent)) if a > b)
+                    problems.append(
+                        f"partition {p}: {w.name}'s values out of the order sent: "
+                        f"{sent[i : i + 3]} at index {i}"
+                    )
         for v, ack in acks.items():
             at = read_at.get((ack["p"], ack["o"]))
             if at != v:
@@ -649,6 +664,7 @@ class JepsenCluster:
                     "kind": f.kind,
                     "node": f.node,
                     "at": f.at - self.started,
+                    "lasted_s": None if f.healed is None else round(f.healed - f.at, 2),
                     "led": f.led,
                     "recovery_s": recovery,
                     "gap_s": gap,

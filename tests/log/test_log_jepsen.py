@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from jepsen import NODES, JepsenCluster, PartitionView, jepsen_cluster, kcat_missing
+from jepsen import NODES, JepsenCluster, PartitionView, jepsen_cluster, tools_missing
 
 from netns import missing_tools
 from processes import script_missing, wait_until
 
 _MISSING = missing_tools()
-_NO_TOOLS = kcat_missing()
+_NO_TOOLS = tools_missing()
 _NO_SCRIPTS = script_missing("pyralog-admin") or script_missing("pyralog")
 pytestmark = [
     pytest.mark.privileged,
