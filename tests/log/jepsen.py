@@ -17,7 +17,8 @@ WireGuard client (wireguard-go, role "client", from ``pyralog-admin client add``
 the workload, the readers and kcat run. Everything goes only between the lab's own
 namespaces.
 
-The nemesis: ``kill`` (SIGKILL the node process) and ``restart``; ``isolate`` (nft drops
+The nemesis: ``kill`` (SIGKILL the node process) and ``restart``, ``kill_all`` and
+``restart_all`` (the whole cluster at once); ``isolate`` (nft drops
 every packet on the node's LAN interface) and ``heal``; ``slow`` (tbf on both directions
 of its LAN link) and ``restore``. Each fault is recorded with its moment (CLOCK_MONOTONIC,
 which the workload's log uses too) and the partitions the node led then.
@@ -108,7 +109,7 @@ class PartitionView:
 
 @dataclass
 class Fault:
-    kind: str  # "kill", "isolate", "slow"
+    kind: str  # "kill", "kill-all", "isolate", "slow"
     node: str
     at: float  # CLOCK_MONOTONIC
     led: list[int]  # the partitions the node led at that moment
@@ -383,6 +384,31 @@ class JepsenCluster:
         node.send_signal(signal.SIGKILL)
         fault = self._fault("kill", name, led)
         node.wait(10)
+        self._wait_empty(name)
+        return fault
+
+    def kill_all(self) -> Fault:
+        """SIGKILL every node at the same moment (a whole-cluster crash); returns once
+        their namespaces are empty. ``restart_all`` brings them back."""
+        processes = [self.t.nodes[n].process for n in NODES]
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+        fault = self._fault("kill-all", ",".join(NODES), list(PARTITIONS))
+        for process in processes:
+            process.wait(10)
+        for name in NODES:
+            self._wait_empty(name)
+        return fault
+
+    def restart_all(self, order: list[str]) -> float:
+        """Restart every node, one after the other in ``order``; seconds it took."""
+        started = time.monotonic()
+        for name in order:
+            self.restart(name)
+        self._healed("kill-all", ",".join(NODES))
+        return time.monotonic() - started
+
+    def _wait_empty(self, name: str) -> None:
         ns, ifname = self.ns(name), self.t.interfaces[name]
 
         def gone() -> bool:
@@ -393,7 +419,6 @@ class JepsenCluster:
             )
 
         assert wait_until(gone, 15), f"left behind by the killed {name}: {self.t.leftovers()}"
-        return fault
 
     def restart(self, name: str) -> float:
         """Start the node again on its config and data; seconds until its broker joined."""
@@ -556,7 +581,7 @@ class JepsenCluster:
             for e in events
             if e["e"] == "error"
         )
-        report.kills = sum(f.kind == "kill" for f in self.faults)
+        report.kills = sum({"kill": 1, "kill-all": len(NODES)}.get(f.kind, 0) for f in self.faults)
         if len(acks) < 1:
             problems.append("nothing was acknowledged at all")
         twice = [v for v, n in Counter(e["v"] for e in events if e["e"] == "ack").items() if n > 1]
