@@ -681,8 +681,10 @@ class JepsenCluster:
             for p in f.led or PARTITIONS:
                 after = [m for m in ack_times[p] if m > f.at + IN_FLIGHT]
                 recovery[p] = round(after[0] - f.at, 3) if after else None
-                window = [m for m in ack_times[p] if f.at - 1 <= m < end]
-                gaps = [b - a for a, b in itertools.pairwise(window)]
+                # Gaps that open between a second before the fault and the next fault
+                # (one still open then ends at the first acknowledgement after it).
+                window = [m for m in ack_times[p] if f.at - 1 <= m]
+                gaps = [b - a for a, b in itertools.pairwise(window) if a < end]
                 gap[p] = round(max(gaps), 3) if gaps else None
             report.faults.append(
                 {
