@@ -160,6 +160,50 @@ def test_an_isolated_leader_is_replaced_and_its_writes_are_never_acknowledged(
     _check_recoveries(report.faults, {"isolate"})
 
 
+def test_a_leader_cut_off_from_the_cluster_store_fences_itself(tmp_path: Path) -> None:
+    """Split brain: the leader of partition 0 loses only the coordinator (the cluster
+    store); it still reaches its followers and the clients. It cannot heartbeat, so the
+    controller names another leader while it is alive, and it must fence itself first:
+    a producer (not idempotent) bootstrapped from the old leader alone keeps writing
+    throughout, and every write anyone got acknowledged is in the final log where it
+    was acknowledged. The main producer, connected to the old leader, must find the new
+    one (a fenced broker gives no metadata from its stale view) and go on writing."""
+    with jepsen_cluster(tmp_path) as c:
+        c.create_topic()
+        w = c.start_workload()
+        c.wait_acks(w, 50)
+        for round_ in range(2):
+            old = c.leader_of(0)
+            assert old is not None
+            direct = c.start_workload(
+                f"direct{round_}", ns=c.ns(old), bootstrap=c.bootstrap([old]),
+                partitions=[0], idempotent=False, message_timeout_ms=8000,
+                request_timeout_ms=3000, interval=0.05,
+            )  # fmt: skip
+            c.wait_acks(direct, 5)
+            fault = c.cut_from_store(old)
+            c.wait_leader_moved(0, old, timeout=ELECTION_LIMIT + 5)
+            elected = time.monotonic() - fault.at
+            assert elected < ELECTION_LIMIT, elected
+            c.wait_acks(w, len(w.acks()) + 30)  # the others go on
+            direct.stop()
+            acked = [e for e in direct.acks() if e["m"] > fault.at]
+            c.heal(old)
+            c.wait_in_sync(timeout=REJOIN_LIMIT)
+            rejoined = time.monotonic() - fault.at
+            fault.notes.update(elected_s=round(elected, 2), in_sync_s=round(rejoined, 2),
+                               direct_acked_after_cut=len(acked))  # fmt: skip
+            print(
+                f"{old} cut from the store: another leader named {elected:.2f} s later; "
+                f"of the writes sent to it, {len(acked)} acknowledged after the cut (by it "
+                f"before it fenced itself, or by the new leader the producer then found); "
+                f"back in sync {rejoined:.2f} s after the cut"
+            )
+        report = c.check(c.workloads)
+    print(report.text())
+    _check_recoveries(report.faults, {"cut-from-store"})
+
+
 def _assert_not_read(c: JepsenCluster, values: set[str]) -> None:
     found = [v for p, recs in c.last_read.items() for _, v in recs if v in values]
     assert not found, f"writes only the isolated leader had survived: {found[:5]}"

@@ -41,6 +41,7 @@ log = logging.getLogger("pyralog.log.broker")
 READ_AHEAD = 64
 READ_AHEAD_BYTES = 16 * 1024 * 1024
 MAX_CONNECTIONS = 4096
+METADATA_KEY = 3
 
 
 class Broker:
@@ -63,6 +64,7 @@ class Broker:
         self._connections: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
+        self._said_fenced = False
 
     @property
     def connections(self) -> int:
@@ -227,6 +229,15 @@ class Broker:
         except protocol.MalformedRequest as e:
             log.info("closing connection from %s: malformed request: %s", peer, e)
             raise ConnectionResetError(str(e)) from None
+        if request.api_key == METADATA_KEY and self._fenced():
+            # Cut off from the cluster store, this broker's view is stale: it may name
+            # itself leader of partitions the cluster has handed to another broker, and
+            # a client told so keeps asking it (librdkafka asks the brokers it is
+            # connected to) and never finds the new leader. Closing makes it ask another.
+            if not self._said_fenced:
+                self._said_fenced = True
+                log.warning("fenced: closing connections that ask for metadata (stale view)")
+            raise ConnectionResetError("fenced: no metadata from a stale view")
         handler = API[request.api_key].handle
         try:
             data = await handler(self.ctx, request)
@@ -241,6 +252,12 @@ class Broker:
         return protocol.encode_response(
             request.api_key, request.api_version, request.correlation_id, body
         )
+
+    def _fenced(self) -> bool:
+        replication = self.ctx.replication
+        fenced = replication is not None and replication.cluster.fenced
+        self._said_fenced = self._said_fenced and fenced
+        return fenced
 
     def _unsupported(
         self, e: protocol.UnsupportedVersion, frame: bytes, peer: tuple[Any, ...]
