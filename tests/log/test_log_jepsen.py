@@ -3,14 +3,16 @@
 Three TUN nodes replicate a topic of two partitions (RF 3, min.insync.replicas 2) while
 a confluent-kafka producer (acks=all, idempotent) in a stock WireGuard client's
 namespace writes unique values and logs every attempt and acknowledgement. A nemesis
-kills, isolates or slows brokers; then the checker (``jepsen.JepsenCluster.check``)
+kills the leader (again and again, with either cluster store), isolates it, cuts it off
+from the cluster store only (split brain), slows a follower, or kills the whole cluster
+at once; then the checker (``jepsen.JepsenCluster.check``)
 heals everything and proves from two independent readers and the three replicas' own
 files that nothing acknowledged was lost, moved or duplicated, that nothing was read
 that was never sent, and that the replicas agree record for record. The measured times
 (failover, election, rejoin, recovery) are printed with the report.
 
-The kill test's moments are random, from a seed printed with the run; set JEPSEN_SEED
-to repeat them.
+The kill tests' moments and orders are random, from a seed printed with the run (shown
+when a test fails); set JEPSEN_SEED to repeat them.
 """
 
 from __future__ import annotations
