@@ -235,3 +235,17 @@ def test_pyralog_consumer_shares_a_group_with_a_kcat_member(broker: RunningBroke
         kcat.stop()
         ours.terminate()
         ours.wait(timeout=20)
+
+
+def test_confluent_kafka_lists_every_topic(broker: RunningBroker) -> None:
+    """librdkafka 2.16's all-topics Metadata v12 has three bytes after its body; Kafka
+    ignores them, and so do we (the connection was closed before)."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from confluent_kafka.admin import AdminClient
+
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.address})
+    producer.produce("listed-topic", b"x")
+    assert producer.flush(10) == 0
+    listed = AdminClient({"bootstrap.servers": broker.address}).list_topics(timeout=10)
+    assert "listed-topic" in listed.topics
+    assert "listed-topic" in producer.list_topics(timeout=10).topics
