@@ -150,7 +150,7 @@ class Settings:
     def make(cls, quick: bool) -> Settings:
         if quick:
             return cls(True, 1, 20_000, 10_000, 300, 256, 1000, 2, 1000.0, 2.0, 1.0, 4000, 30.0)
-        return cls(False, 3, 100_000, 50_000, 2_000, 256, 1000, 3, 1000.0, 3.0, 1.0, 4000, 240.0)
+        return cls(False, 4, 100_000, 50_000, 2_000, 256, 1000, 3, 1000.0, 3.0, 1.0, 4000, 240.0)
 
 
 # -- client subprocesses ----------------------------------------------------------------------
@@ -698,11 +698,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round (~2 min)")
     p.add_argument("--out", type=Path, help="write the results JSON here")
-    p.add_argument("--rounds", type=int, help="override the rounds (normal: 3)")
+    p.add_argument("--rounds", type=int, help="override the rounds (normal: 4)")
     p.add_argument("--records", type=int, help="override records per Pyralog throughput run")
     p.add_argument("--nats-records", type=int, help="override records per NATS throughput run")
     p.add_argument("--failovers", type=int, help="override leader kills per unit (normal: 3)")
     p.add_argument("--only", choices=SYSTEMS, help="one system only (diagnosis: no ratios)")
+    p.add_argument(
+        "--txqueuelen",
+        type=int,
+        help="diagnosis: set the tunnel interfaces' kernel queue (pyralog-wg sets 64)",
+    )
     p.add_argument(
         "--summarize", type=Path, metavar="JSON", help="no run: redo a results file's summary"
     )
@@ -752,6 +757,11 @@ def main(argv: list[str] | None = None) -> int:
             log("building namespaces a, b, c (servers), d (client), e (etcd), a LAN and a full "
                 "mesh of pyralog-wg tunnels")  # fmt: skip
             net = build_net(lab)
+            if a.txqueuelen:
+                for node, d in net.daemons.items():
+                    run(["ip", "-n", net.ns[node], "link", "set", d.ifname, "txqueuelen",
+                         str(a.txqueuelen)])  # fmt: skip
+                log(f"tunnel interfaces' txqueuelen set to {a.txqueuelen} (diagnosis)")
             etcd = start_etcd(lab, net)
             certs = make_certs(lab.tmp / "certs")
             session = Session(lab, net, s, etcd, certs, units)
@@ -778,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             "min_insync_replicas": 2,
             "nats_client_tls": False,
             "nats_route_tls": True,
+            "txqueuelen": a.txqueuelen,
         },
         "machine": machine,
         "total_seconds": time.monotonic() - started,

@@ -156,8 +156,20 @@ CPU = {
     "produce_foreign_processes_s": ("produce", "foreign_processes_s"),
     "produce_irq_s": ("produce", "irq_s"),
     "latency_server_cpu_s": ("latency", "server_cpu_s"),
+    "latency_wg_cpu_s": ("latency", "wg_cpu_s"),
     "latency_steal_s": ("latency", "steal_s"),
 }
+NET = ("tcp_retrans_segs", "tun_tx_dropped", "udp_rcvbuf_errors")
+
+
+def net_per_100k(unit: dict[str, Any], phase: str, key: str) -> float | None:
+    """A loss counter of one phase, summed over the four tunnel namespaces, per
+    100,000 records (the systems' runs move different counts)."""
+    figures = unit.get(phase) or {}
+    net, records = figures.get("net"), figures.get("records")
+    if not net or not records:
+        return None
+    return sum(c.get(key, 0) for c in net.values()) * 100_000 / records
 
 
 def unit_value(unit: dict[str, Any], phase: str, key: str) -> float | None:
@@ -201,8 +213,15 @@ def summarize(units: Sequence[dict[str, Any]]) -> dict[str, Any]:
         figs["failover_s"] = spread(k.get("failover_s") for k in ks)
         figs["outage_s"] = spread(k.get("outage_s") for k in ks)
         figs["rejoin_s"] = spread(k.get("rejoin_s") for k in ks)
-        figs["leader_in_place_s"] = spread((k.get("server_events_s") or {}).get("leading")
-                                           for k in ks)  # fmt: skip
+        leading = [(k.get("server_events_s") or {}).get("leading") for k in ks]
+        figs["leader_in_place_s"] = spread(leading)
+        figs["client_after_leader_s"] = spread(
+            k["failover_s"] - t for k, t in zip(ks, leading, strict=True)
+            if t is not None and k.get("failover_s") is not None
+        )  # fmt: skip
+        for phase in ("produce", "consume"):
+            for key in NET:
+                figs[f"{phase}_{key}"] = spread(net_per_100k(u, phase, key) for u in mine)
         figs["failover_readback_problems"] = [
             p for u in mine for p in ((u.get("failover") or {}).get("readback") or {}).get(
                 "problems", []
@@ -288,16 +307,22 @@ def tables(summary: dict[str, Any]) -> str:
         ("irq + softirq during produce (s)", "produce_irq_s"),
         ("steal during produce (s)", "produce_steal_s"),
         ("servers (3), latency run, CPU s", "latency_server_cpu_s"),
+        ("WireGuard daemons (4), latency run, CPU s", "latency_wg_cpu_s"),
+        ("TCP retransmits /100k records produced (4 namespaces)", "produce_tcp_retrans_segs"),
+        ("TUN queue drops /100k records produced (4 namespaces)", "produce_tun_tx_dropped"),
+        ("TCP retransmits /100k records read back", "consume_tcp_retrans_segs"),
     ):
         p = summary["systems"]["pyralog"][name]
         n = summary["systems"]["nats"][name]
         nats = "-" if name == "produce_store_cpu_per_100k" else fmt_spread(n)
         cpu.append([title, fmt_spread(p), nats])
-    parts.append(markdown(("CPU: median [min, max]", "Pyralog RF=3", "NATS R3"), cpu) + "\n")
+    header = ("CPU and losses: median [min, max]", "Pyralog RF=3", "NATS R3")
+    parts.append(markdown(header, cpu) + "\n")
     fo = []
     for title, name in (
         ("kill -9 → new leader in place (its log) (s)", "leader_in_place_s"),
         ("kill -9 → first ack from the new leader (s)", "failover_s"),
+        ("new leader in place → first ack (the client's part) (s)", "client_after_leader_s"),
         ("longest pause in acks (s)", "outage_s"),
         ("restart → back in sync (s)", "rejoin_s"),
     ):

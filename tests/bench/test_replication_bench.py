@@ -29,7 +29,7 @@ def test_quick_and_normal_settings() -> None:
     normal = replication.settings(replication.parse_args([]))
     assert quick.quick and not normal.quick
     assert (quick.rounds, quick.failovers) == (1, 2)
-    assert (normal.rounds, normal.failovers) == (3, 3)
+    assert (normal.rounds, normal.failovers) == (4, 3)
     assert normal.records > quick.records and normal.samples > quick.samples
     assert normal.session_timeout_ms == 4000
 
