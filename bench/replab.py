@@ -145,6 +145,47 @@ def foreign_cpu(ours: set[int]) -> dict[int, tuple[float, bool]]:
     return out
 
 
+HTTP_GET = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        sys.stdout.write(r.read().decode())
+except OSError as e:
+    sys.stdout.write("")
+"""
+
+# Connect with TLS trusting only the CA, offer no client certificate, then read: a
+# server that wants one refuses after the handshake (TLS 1.3: an alert on first read).
+TLS_PROBE = """
+import json, socket, ssl, sys
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {"protocol": None, "server_certificate_verified": False, "refused": None}
+ctx = ssl.create_default_context(cafile=ca)
+try:
+    with socket.create_connection((host, port), timeout=3) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            out["protocol"] = tls.version()
+            out["server_certificate_verified"] = True
+            try:
+                data = tls.recv(1024)
+                out["refused"] = "closed" if not data else None
+            except ssl.SSLError as e:
+                out["refused"] = str(e)
+except (OSError, ssl.SSLError) as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def ns_python(ns: str, script: str, *args: str, timeout: float = 10) -> str:
+    """A short Python script in namespace ``ns``; its stdout ("" if it failed)."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args]
+    try:
+        return run(argv, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ""
+
+
 # -- server processes ---------------------------------------------------------------------
 
 
@@ -245,10 +286,7 @@ def start_etcd(lab: Lab, net: Net) -> Proc:
     etcd = _start(lab, net.ns[STORE], "etcd", argv, lab.tmp / "etcd.log")
     deadline = time.monotonic() + 20
     while True:
-        out = run(
-            ["ip", "netns", "exec", net.ns[STORE], "curl", "-s", "-m", "1", f"{client}/health"],
-            check=False,
-        )
+        out = ns_python(net.ns[STORE], HTTP_GET, f"{client}/health", "1")
         if '"health":"true"' in out.replace(" ", ""):
             return etcd
         if not etcd.alive() or time.monotonic() > deadline:
@@ -441,8 +479,7 @@ class NatsCluster:
     def jsz(self, node: str) -> dict:
         """The monitoring endpoint's /jsz of one member (from the client namespace)."""
         url = f"http://{tunnel_ip(node)}:{NATS_MONITOR_PORT}/jsz"
-        out = run(["ip", "netns", "exec", self.net.ns[CLIENT], "curl", "-s", "-m", "2", url],
-                  check=False)  # fmt: skip
+        out = ns_python(self.net.ns[CLIENT], HTTP_GET, url, "2")
         try:
             return json.loads(out)
         except ValueError:
@@ -450,24 +487,22 @@ class NatsCluster:
 
     def probe_route_tls(self, node: str, certs: dict[str, Path]) -> dict:
         """Connect to a member's route port from the etcd namespace (on the LAN) with
-        ``openssl s_client``, trusting only the throwaway CA and offering no client
-        certificate: a route port with mutual TLS completes the server's half of the
-        handshake (its certificate verifies) and then refuses us (no certificate). The
-        member logs the refusal as an [ERR] line ("client didn't provide a
-        certificate")."""
-        # stdin open for a second: TLS 1.3 servers refuse after the handshake's end.
-        openssl = (f"sleep 1 | openssl s_client -connect {lan_ip(node)}:{NATS_ROUTE_PORT} "
-                   f"-CAfile {certs['ca']} -verify_return_error")  # fmt: skip
-        argv = ["ip", "netns", "exec", self.net.ns[STORE], "timeout", "5", "bash", "-c", openssl]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        text = done.stdout + done.stderr
-        protocol = next((ln.split(",")[1].strip() for ln in text.splitlines()
-                         if ln.startswith("New, ")), None)  # fmt: skip
+        TLS, trusting only the throwaway CA and offering no client certificate: a route
+        port with mutual TLS completes the handshake (its certificate verifies against
+        the CA, for its LAN address) and then refuses us. The member logs the refusal
+        as an [ERR] line ("client didn't provide a certificate")."""
+        out = ns_python(self.net.ns[STORE], TLS_PROBE, lan_ip(node), str(NATS_ROUTE_PORT),
+                        str(certs["ca"]))  # fmt: skip
+        try:
+            probe = json.loads(out)
+        except ValueError:
+            probe = {"error": f"no answer: {out!r}"}
         return {
             "server": nats_name(node),
-            "protocol": protocol,
-            "server_certificate_verified": "Verify return code: 0 (ok)" in text,
-            "refused_without_client_certificate": "alert" in text,
+            "protocol": probe.get("protocol"),
+            "server_certificate_verified": bool(probe.get("server_certificate_verified")),
+            "refused_without_client_certificate": bool(probe.get("refused")),
+            "refusal": probe.get("refused") or probe.get("error"),
         }
 
     def check_route_tls(self, certs: dict[str, Path]) -> list[dict]:

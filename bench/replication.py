@@ -34,12 +34,15 @@ Every run checks what was read back against what was acknowledged (count, order,
 content; for the failover runs, that every acknowledged record is there); a missing
 record stops the benchmark with a LostRecords error (exit status 1, results in
 ``*.failed.json``). CPU over each timed window: the client process, the three servers,
-etcd (Pyralog's store), the four WireGuard daemons, and the machine's steal time.
+etcd (Pyralog's store), the four WireGuard daemons; and the machine's other load (this VM
+is shared): every process outside our namespaces, irq and softirq time, steal. Before each
+unit the harness waits (``quiet_wait_s`` at most) for other processes to calm down.
+``--txqueuelen N`` (diagnosis) sets the tunnel interfaces' kernel queue.
 
 ``--summarize FILE`` redoes a results file's summary from its units (no measurement).
 
-Needs root (namespaces, TUN), nats-server, /usr/bin/etcd, wg, curl, confluent-kafka and
-nats-py (scripts/bootstrap.sh). Uses only namespaces, interfaces and addresses of its own
+Needs root (namespaces, TUN), nats-server, /usr/bin/etcd, wg, confluent-kafka and nats-py
+(scripts/bootstrap.sh). Uses only namespaces, interfaces and addresses of its own
 (bench/lab.py's ``bnb-`` prefix, 172.29.41.0/24, 10.29.41.0/24) and removes them, and
 every process it started, when it ends, also on failure or Ctrl-C.
 """
@@ -83,6 +86,7 @@ from logstats import (  # noqa: E402
 )
 from replab import (  # noqa: E402
     CLIENT,
+    NATS_PORT,
     SERVERS,
     LogWatch,
     Net,
@@ -620,7 +624,7 @@ class Session:
 def leader_first(leader: str | None) -> str:
     """The NATS servers' client URLs, the named one (``n1``..``n3``) first."""
     order = sorted(SERVERS, key=lambda n: nats_name(n) != leader)
-    return ",".join(f"{tunnel_ip(n)}:4222" for n in order)
+    return ",".join(f"{tunnel_ip(n)}:{NATS_PORT}" for n in order)
 
 
 def figures(base: dict[str, Any], res: dict[str, Any], count: int | None) -> dict[str, Any]:
@@ -733,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/replication.py: must run as root (network namespaces)", file=sys.stderr)
         return 2
-    needed = ("ip", "wg", "nats-server", "curl", "openssl", "/usr/bin/etcd")
+    needed = ("ip", "wg", "nats-server", "/usr/bin/etcd")
     missing = [t for t in needed if not shutil.which(t)]
     if missing:
         print(f"bench/replication.py: missing {', '.join(missing)} (scripts/bootstrap.sh)",
