@@ -7,6 +7,9 @@
     python bench/logload.py nats-consume  --server HOST:PORT --stream S --count N
     python bench/logload.py nats-latency  --server HOST:PORT --stream S --count N
 
+(``--server`` may list several host:port, comma-separated: a cluster's bootstrap servers,
+tried in order; ``--replicas N`` makes NATS streams of N replicas, bench/replication.py.)
+
 Kafka runs use confluent-kafka (librdkafka, C): the fastest stock Kafka client for Python.
 NATS runs use nats-py (pure Python, asyncio): JetStream publishes with acks, at most
 ``--window`` in flight (``publish_async``), a pull consumer (``fetch``) for reading.
@@ -239,14 +242,18 @@ def kafka_latency(a: argparse.Namespace) -> dict[str, Any]:
 async def _nats(a: argparse.Namespace) -> Any:
     import nats
 
-    return await nats.connect(f"nats://{a.server}", connect_timeout=10, max_reconnect_attempts=0)
+    # A comma-separated list (a cluster, bench/replication.py): tried in that order.
+    servers = [f"nats://{s}" for s in a.server.split(",")]
+    return await nats.connect(
+        servers=servers, connect_timeout=10, max_reconnect_attempts=0, dont_randomize=True
+    )
 
 
-async def _add_stream(js: Any, name: str) -> None:
+async def _add_stream(js: Any, name: str, replicas: int = 1) -> None:
     from nats.js.api import StorageType, StreamConfig
 
     config = StreamConfig(
-        name=name, subjects=[name.lower()], storage=StorageType.FILE, num_replicas=1
+        name=name, subjects=[name.lower()], storage=StorageType.FILE, num_replicas=replicas
     )
     await js.add_stream(config)
 
@@ -254,7 +261,7 @@ async def _add_stream(js: Any, name: str) -> None:
 async def nats_publish(a: argparse.Namespace) -> dict[str, Any]:
     nc = await _nats(a)
     js = nc.jetstream(publish_async_max_pending=a.window)
-    await _add_stream(js, a.stream)
+    await _add_stream(js, a.stream, a.replicas)
     subject = a.stream.lower()
     acks = Offsets()
     pad = make_pad()
@@ -323,7 +330,7 @@ async def nats_consume(a: argparse.Namespace) -> dict[str, Any]:
 async def nats_latency(a: argparse.Namespace) -> dict[str, Any]:
     nc = await _nats(a)
     js = nc.jetstream()
-    await _add_stream(js, a.stream)
+    await _add_stream(js, a.stream, a.replicas)
     subject = a.stream.lower()
     acks = Offsets()
     samples: list[float] = []
@@ -378,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--window", type=int, default=256, help="NATS publishes in flight")
     p.add_argument("--batch", type=int, default=1000, help="NATS pull consumer fetch size")
+    p.add_argument("--replicas", type=int, default=1, help="NATS stream replicas")
     a = p.parse_args(argv)
     out = COMMANDS[a.command](a)
     if asyncio.iscoroutine(out):
