@@ -28,7 +28,11 @@ Threads: the broker appends from a worker thread and reads from its event loop. 
 guards the state and is held for every file access except fsync, which runs under
 `_flush_lock` after `_lock` is released, so a read never waits for a disk flush.
 Anything that closes a segment's file takes `_flush_lock` first, then `_lock`.
-Hand-written: this is Kafka's Log/UnifiedLog, which no Python library provides.
+Hand-written: this is Kafka's Log/UnifiedLog, which no Python library provides. It is
+longer than our modules usually are because every operation that changes the segment
+list (append, append_replica, truncate_to, restart_at, retention, open, close) must keep
+the same locking and epoch-history invariants; split over files, those would be harder
+to check together.
 """
 
 from __future__ import annotations
