@@ -36,8 +36,6 @@ from pyralog.mesh.join import enroll
 from pyralog.mesh.keyfile import load_or_create
 from pyralog.mesh.resolve import Resolver
 from pyralog.mesh.state import NodeState
-from pyralog.mesh.store import Store, open_store
-from pyralog.mesh.store_remote import RemoteStore
 from pyralog.mesh.token import JoinToken, TokenError
 from pyralog.tasks import cancel_and_wait
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
@@ -238,86 +236,18 @@ class MeshNode:
 
     async def _start_broker(self) -> None:
         """The node's Kafka-protocol broker on its mesh address (``[log]``)."""
-        settings = self.config.log
-        if not settings.enabled:
+        if not self.config.log.enabled:
             return
-        from pyralog.log.broker import Broker
-        from pyralog.log.context import BrokerConfig
-        from pyralog.log.errors import StorageError
-        from pyralog.log.storage import Storage
-        from pyralog.log.topic_config import TopicConfig
+        from pyralog.mesh.node_broker import start_broker
 
         assert self.backend is not None
-        network = self.backend.network
-        address = network.addresses[0]
-        defaults = dataclasses.replace(
-            TopicConfig(),
-            flush=settings.flush,
-            partitions=settings.partitions,
-            min_insync_replicas=settings.min_insync_replicas if settings.replication else 1,
+        self.broker = await start_broker(
+            self.config.log,
+            self.backend.network,
+            state=self.state,
+            directory=self.directory,
+            agent=self.agent,
         )
-        storage = Storage(settings.data_dir, defaults)
-        try:
-            await asyncio.to_thread(storage.open)
-        except StorageError as e:
-            raise NodeError(f"[log] data_dir: {e}") from None
-        for report in storage.recovery:
-            _log(f"log: recovered {report}")
-        config = BrokerConfig(
-            # Kafka wants an integer broker id: the mesh address is unique in the mesh.
-            node_id=int(address) & 0x7FFFFFFF,
-            advertised_host=str(address),
-            advertised_port=settings.port,
-            # The mesh's cluster id (from enrollment; the file's [bootstrap] may not say).
-            cluster_id=self.state.cluster_id if self.state is not None else "pyralog",
-            auto_create_topics=settings.auto_create_topics,
-            defaults=defaults,
-        )
-        port = settings.port
-
-        def admit(host: str) -> bool:
-            # A static mesh has no roles: cryptokey routing already chose who reaches us.
-            return self.state is None or self.directory.permits(host, port)
-
-        self.broker = Broker(storage, config, settings.data_dir, admit=admit)
-        try:
-            for a in network.addresses:
-                await self.broker.start(str(a), port, network)
-        except StorageError as e:
-            raise NodeError(f"[log] data_dir: {e}") from None
-        except OSError as e:
-            raise NodeError(f"[log] port {port}: cannot listen: {e.strerror or e}") from None
-        if settings.replication:
-            await self.broker.join_cluster(
-                self._cluster_store(),
-                network=network,
-                region=settings.rack or self._mesh_region(),
-                session_timeout=settings.session_timeout_ms / 1000,
-                lag_max=settings.replica_lag_time_max_ms / 1000,
-                default_replication_factor=settings.replication_factor,
-            )
-            _log(
-                f"log: replicated, cluster state in {self.broker.ctx.replication.cluster.store.url}"
-            )
-
-    def _mesh_region(self) -> str | None:
-        """The region the coordinator gave this node: replicas spread across regions."""
-        view = (self.agent.view if self.agent is not None else None) or {}
-        region = (view.get("self") or {}).get("region")
-        return region if isinstance(region, str) else None
-
-    def _cluster_store(self) -> Store:
-        """Where the brokers keep their cluster state: the coordinator's log store over
-        the mesh, or an etcd of their own (``[log] cluster_store``)."""
-        url = self.config.log.cluster_store
-        if url != "coordinator":
-            return open_store(url)
-        if self.agent is None:
-            raise NodeError(
-                '[log] replication with cluster_store = "coordinator" needs a coordinator '
-                '([bootstrap]); a static mesh can use cluster_store = "etcd://HOST:PORT"'
-            )
-        return RemoteStore(self.agent.call, self.agent.coordinator_address)
 
     async def _greet_peers(self) -> None:
         """Handshake with every peer now. After a restart our peers still hold sessions
