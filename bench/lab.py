@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,3 +323,39 @@ class Lab:
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+
+
+def run_client(lab: Lab, ns: str, script: str, args: list[str], timeout: float) -> dict:
+    """One load-generator script run in ``ns``: its last stdout line as JSON, plus
+    ``process_cpu_s`` (user + sys of the whole process and its threads, from wait4) and
+    ``wall_s``; CommandError with its stderr's tail if it fails or outlives ``timeout``."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, script, *args]
+    errfile = lab.tmp / "client.err"
+    t0 = time.perf_counter()
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+    lab.procs.append(proc)
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)  # `ip netns exec` execs: this is the client
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        killer.cancel()
+        with contextlib.suppress(ValueError):
+            lab.procs.remove(proc)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = errfile.read_text(errors="replace")[-2000:]
+        name = Path(script).stem
+        raise CommandError(f"{name} {args[0]} failed ({proc.returncode}, {wall:.0f} s): {tail}")
+    result = json.loads(out.splitlines()[-1])
+    result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["wall_s"] = wall
+    return result

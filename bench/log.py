@@ -40,14 +40,12 @@ failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +57,16 @@ if str(BENCH) not in sys.path:  # the bench modules import one another by bare n
     sys.path.insert(0, str(BENCH))
 
 from harness import log, unwind_on_signals  # noqa: E402
-from lab import CLK_TCK, LONG_NAMES, CommandError, Lab, cpu_seconds, reap_stale, run  # noqa: E402
+from lab import (  # noqa: E402
+    CLK_TCK,
+    LONG_NAMES,
+    CommandError,
+    Lab,
+    cpu_seconds,
+    reap_stale,
+    run,
+    run_client,
+)
 from logstats import (  # noqa: E402
     NATS_CONFIG,
     PYRALOG_CONFIGS,
@@ -187,37 +194,8 @@ def stop_server(lab: Lab, server: Server) -> None:
 
 
 def client(lab: Lab, ns: str, args: list[str], timeout: float) -> dict[str, Any]:
-    """One bench/logload.py run in ``ns``: its JSON line, plus ``process_cpu_s`` (user +
-    sys of the whole process and its threads, from wait4) and ``wall_s``."""
-    argv = ["ip", "netns", "exec", ns, sys.executable, LOADGEN, *args]
-    errfile = lab.tmp / "client.err"
-    t0 = time.perf_counter()
-    with open(errfile, "wb") as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-            start_new_session=True,
-        )  # fmt: skip
-    lab.procs.append(proc)
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)  # `ip netns exec` execs: this is the client
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        killer.cancel()
-        with contextlib.suppress(ValueError):
-            lab.procs.remove(proc)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = errfile.read_text(errors="replace")[-2000:]
-        raise CommandError(f"logload {args[0]} failed ({proc.returncode}, {wall:.0f} s): {tail}")
-    result = json.loads(out)
-    result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["wall_s"] = wall
-    return result
+    """One bench/logload.py run in ``ns`` (lab.run_client)."""
+    return run_client(lab, ns, LOADGEN, args, timeout)
 
 
 # -- one unit: a fresh server, throughput, read-back, latency -------------------------------

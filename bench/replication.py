@@ -69,7 +69,7 @@ if str(BENCH) not in sys.path:  # the bench modules import one another by bare n
     sys.path.insert(0, str(BENCH))
 
 from harness import log, unwind_on_signals  # noqa: E402
-from lab import CLK_TCK, CommandError, Lab, reap_stale, run  # noqa: E402
+from lab import CLK_TCK, CommandError, Lab, reap_stale, run, run_client  # noqa: E402
 from logstats import (  # noqa: E402
     WARMUP,
     LostRecords,
@@ -161,38 +161,9 @@ class Settings:
 
 
 def client(lab: Lab, net: Net, script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    """One bench/logload.py or bench/replload.py run in the client namespace: its JSON
-    line, plus ``process_cpu_s`` (wait4: the whole process, all threads) and ``wall_s``."""
-    argv = ["ip", "netns", "exec", net.ns[CLIENT], sys.executable, script, *args]
-    errfile = lab.tmp / "client.err"
-    t0 = time.perf_counter()
-    with open(errfile, "wb") as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-            start_new_session=True,
-        )  # fmt: skip
-    lab.procs.append(proc)
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)  # `ip netns exec` execs: this is the client
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        killer.cancel()
-        with contextlib.suppress(ValueError):
-            lab.procs.remove(proc)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = errfile.read_text(errors="replace")[-2000:]
-        name = Path(script).stem
-        raise CommandError(f"{name} {args[0]} failed ({proc.returncode}, {wall:.0f} s): {tail}")
-    result = json.loads(out.splitlines()[-1])
-    result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["wall_s"] = wall
-    return result
+    """One bench/logload.py or bench/replload.py run in the client namespace
+    (lab.run_client)."""
+    return run_client(lab, net.ns[CLIENT], script, args, timeout)
 
 
 class Producer:
