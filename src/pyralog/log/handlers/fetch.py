@@ -34,10 +34,10 @@ async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
             }
         for topic in body.topics:
             for p in topic.partitions:
-                live = ctx.partition(topic.topic, p.partition)
+                live, code = _served(ctx, topic.topic, p.partition, p)
                 if (
                     live is not None
-                    and _leading(ctx, live, p) == E.none
+                    and code == E.none
                     and p.fetch_offset <= live.log.log_end_offset
                 ):
                     # Its fetch offset is its log end: this may move the high watermark.
@@ -61,9 +61,13 @@ async def fetch(ctx: Context, req: Request) -> dict[str, Any]:
                 w.cancel()
 
 
-def live_epoch(ctx: Context, topic: str, partition: int) -> int:
-    live = ctx.partition(topic, partition)
-    return live.leader.epoch if live is not None and live.leader is not None else 0
+def _served(ctx: Context, topic: str, index: int, p: Any) -> tuple[LivePartition | None, int]:
+    """The partition (None if this broker holds none) and E.none if this broker may
+    answer for it now, else the error that tells the client to look again."""
+    live = ctx.partition(topic, index)
+    if live is None:
+        return None, ctx.missing(topic, index)
+    return live, _leading(ctx, live, p)
 
 
 def _leading(ctx: Context, live: LivePartition, p: Any) -> E:
@@ -94,10 +98,8 @@ def _collect(
     for topic in body.topics:
         parts = []
         for p in topic.partitions:
-            live = ctx.partition(topic.topic, p.partition)
-            entry, data = _read(ctx, live, p, max(0, max_bytes - total), replica)
-            if live is None:
-                entry["error_code"] = ctx.missing(topic.topic, p.partition)
+            live, code = _served(ctx, topic.topic, p.partition, p)
+            entry, data = _read(live, code, p, max(0, max_bytes - total), replica)
             if entry["error_code"] != E.none:
                 failed = True
             elif not data and live is not None:
@@ -110,7 +112,7 @@ def _collect(
 
 
 def _read(
-    ctx: Context, live: LivePartition | None, p: Any, budget: int, replica: bool
+    live: LivePartition | None, code: int, p: Any, budget: int, replica: bool
 ) -> tuple[dict[str, Any], bytes]:
     entry: dict[str, Any] = {
         "partition_index": p.partition,
@@ -121,12 +123,8 @@ def _read(
         "aborted_transactions": None,
         "preferred_read_replica": -1,
     }
-    if live is None:
-        entry["error_code"] = E.unknown_topic_or_partition
-        return entry, b""
-    refused = _leading(ctx, live, p)
-    if refused != E.none:
-        entry["error_code"] = refused
+    if live is None or code != E.none:
+        entry["error_code"] = code
         return entry, b""
     log = live.log
     hw = log.high_watermark
@@ -149,31 +147,32 @@ async def list_offsets(ctx: Context, req: Request) -> dict[str, Any]:
     for topic in req.body.topics:
         parts = []
         for p in topic.partitions:
+            live, code = _served(ctx, topic.name, p.partition_index, p)
             entry: dict[str, Any] = {
                 "partition_index": p.partition_index,
-                "error_code": E.none,
+                "error_code": code,
                 "timestamp": -1,
                 "offset": -1,
-                "leader_epoch": live_epoch(ctx, topic.name, p.partition_index),
+                "leader_epoch": live.leader.epoch if live and live.leader else 0,
             }
-            live = ctx.partition(topic.name, p.partition_index)
-            if live is None:
-                entry["error_code"] = ctx.missing(topic.name, p.partition_index)
-            elif (refused := _leading(ctx, live, p)) != E.none:
-                entry["error_code"] = refused
-            elif p.timestamp == LATEST:
-                entry["offset"] = live.log.high_watermark
-            elif p.timestamp == EARLIEST:
-                entry["offset"] = live.log.log_start_offset
-            elif p.timestamp < 0:
-                entry["error_code"] = E.invalid_request
-            else:
-                found = live.log.offset_for_time(p.timestamp)
-                if found is not None:
-                    entry["offset"], entry["timestamp"] = found
+            if live is not None and code == E.none:
+                _list_offset(live, p.timestamp, entry)
             parts.append(entry)
         topics.append({"name": topic.name, "partitions": parts})
     return {"throttle_time": 0, "topics": topics}
+
+
+def _list_offset(live: LivePartition, timestamp: int, entry: dict[str, Any]) -> None:
+    if timestamp == LATEST:
+        entry["offset"] = live.log.high_watermark
+    elif timestamp == EARLIEST:
+        entry["offset"] = live.log.log_start_offset
+    elif timestamp < 0:
+        entry["error_code"] = E.invalid_request
+    else:
+        found = live.log.offset_for_time(timestamp)
+        if found is not None:
+            entry["offset"], entry["timestamp"] = found
 
 
 async def offsets_for_leader_epoch(ctx: Context, req: Request) -> dict[str, Any]:
@@ -183,18 +182,14 @@ async def offsets_for_leader_epoch(ctx: Context, req: Request) -> dict[str, Any]
     for topic in req.body.topics:
         parts = []
         for p in topic.partitions:
+            live, code = _served(ctx, topic.topic, p.partition, p)
             entry: dict[str, Any] = {
-                "error_code": E.none,
+                "error_code": code,
                 "partition": p.partition,
                 "leader_epoch": -1,
                 "end_offset": -1,
             }
-            live = ctx.partition(topic.topic, p.partition)
-            if live is None:
-                entry["error_code"] = ctx.missing(topic.topic, p.partition)
-            elif (refused := _leading(ctx, live, p)) != E.none:
-                entry["error_code"] = refused
-            else:
+            if live is not None and code == E.none:
                 epoch, end = live.log.end_offset_for_epoch(p.leader_epoch)
                 consumer = getattr(req.body, "replica_id", -1) < 0
                 if consumer and ctx.replication is not None and epoch == live.log.leader_epoch:
