@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import forward, keys, log, mesh, mirror, wgconvert
+from pyralog.cli import forward, keys, log, mesh, mirror, up, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_parsers(sub)
     log.add_parsers(sub)
     mirror.add_parser(sub)
+    up.add_parsers(sub)
     return parser
 
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return log.run(args)
         if args.command == "mirror":
             return mirror.run(args)
+        if args.command in ("up", "down", "status"):
+            return up.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -382,13 +382,17 @@ class MeshNode:
         if self.state is not None and not self.directory.permits(peer, INFO_PORT):
             return http.Response(403, {"error": f"{peer} may not reach port {INFO_PORT} here"})
         if request.path == "/v1/log/replication":
-            # What this broker leads, with each follower's lag (pyralog-admin --host).
-            replication = self.broker.ctx.replication if self.broker is not None else None
-            if replication is None:
-                return http.Response(404, {"error": "this node's broker is not replicated"})
-            return http.Response(200, replication.report())
+            return self._replication()
         you = None if member is None else member.__dict__
         return http.Response(200, {"you": you, "address": peer, "me": self.whoami()})
+
+    def _replication(self) -> http.Response:
+        """What this broker leads, with each follower's lag (``pyralog-admin --host`` over
+        the mesh; ``pyralog up``'s status on the local socket)."""
+        replication = self.broker.ctx.replication if self.broker is not None else None
+        if replication is None:
+            return http.Response(404, {"error": "this node's broker is not replicated"})
+        return http.Response(200, replication.report())
 
     async def _local(self, request: http.Request) -> http.Response:
         assert self.backend is not None
@@ -396,6 +400,8 @@ class MeshNode:
             return http.Response(200, await self.status())
         if request.method == "GET" and request.path == "/v1/probe":
             return http.Response(200, await self.probe(request.query))
+        if request.method == "GET" and request.path == "/v1/log/replication":
+            return self._replication()
         return http.Response(404, {"error": f"no route {request.method} {request.path}"})
 
     async def probe(self, query: dict[str, str]) -> dict[str, Any]:
