@@ -33,7 +33,9 @@ if ((${#missing[@]})); then
     fi
 fi
 
-python=${PYTHON:-python3}
+# Debian's own Python by default: a python3 earlier on PATH may live where other users
+# cannot reach it (pyenv under a 0700 /root), and the tests run the nodes as user nobody.
+python=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi

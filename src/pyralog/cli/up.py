@@ -43,7 +43,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     up.add_argument("--detach", action="store_true", help="run in the background once ready")
     up.add_argument(
-        "--restart-delay", type=float, default=3.0, help="seconds before a dead node restarts"
+        "--restart-delay",
+        type=float,
+        default=5.0,
+        help="seconds before a node that died is started again (5; its partitions fail over "
+        "to the others meanwhile)",
     )
     up.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
     down = sub.add_parser("down", help="stop the cluster `pyralog up --detach` started")
@@ -101,11 +105,14 @@ def run_up(args: argparse.Namespace) -> int:
         return fail("up", e, 2)
     if RunLock(cdir.root).held_elsewhere():
         return fail("up", AlreadyRunning(cdir.root, RunLock(cdir.root).holder()))
-    if new:
-        taken = ports_in_use(manifest)
-        if taken:
-            return fail("up", f"UDP port {', '.join(taken)} in use by another program; "
-                        "choose other ports with --port")  # fmt: skip
+    taken = ports_in_use(manifest)
+    if taken:
+        hint = (
+            "choose other ports with --port"
+            if new
+            else f"the cluster's ports were fixed when it was created ({cdir.manifest_path})"
+        )
+        return fail("up", f"UDP port {', '.join(taken)} in use by another program; {hint}")
     try:
         cdir.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -281,6 +281,8 @@ class Supervisor:
         for task in self._watchers.values():
             task.cancel()
         await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        if not self.procs:
+            return
         states, _ = self.states()
         with contextlib.suppress(OSError):  # what the next start and `status` show
             self.cdir.write_state({"states": states, "pids": {}, "known": self.known.to_json()})
