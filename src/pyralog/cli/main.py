@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import forward, keys, log, mesh, mirror, up, wgconvert
+from pyralog.cli import demo, forward, keys, log, mesh, mirror, up, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_parsers(sub)
     mirror.add_parser(sub)
     up.add_parsers(sub)
+    demo.add_parser(sub)
     return parser
 
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return mirror.run(args)
         if args.command in ("up", "down", "status"):
             return up.run(args)
+        if args.command == "demo":
+            return demo.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
