@@ -175,27 +175,35 @@ class Gateway:
     # -- start-up ----------------------------------------------------------------------------
 
     async def discover(self, timeout: float) -> list[Broker]:
-        """Ask the bootstrap addresses in turn for Metadata until one answers (NoBroker
-        after ``timeout``), and map the brokers it names."""
+        """Ask every bootstrap address for Metadata at once, again every half second,
+        until one answers (NoBroker after ``timeout``), and map the brokers it names.
+        At once, because a dead peer costs a whole connect timeout to find out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: dict[Target, str] = {}
         while True:
-            for target in self.bootstrap_targets():
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    brokers = await asyncio.wait_for(
-                        self._ask_brokers(target), min(self.connect_timeout, left)
-                    )
-                except (OSError, TimeoutError, EOFError, FrameError, RewriteError) as e:
-                    tried[target] = _why(e)
-                    log.debug("bootstrap %s: %s", show(target), tried[target])
-                    continue
-                self._preferred = target
-                await self.ensure(brokers)
-                return brokers
+            attempt = min(self.connect_timeout, max(0.0, deadline - loop.time()))
+            asks = {
+                asyncio.ensure_future(asyncio.wait_for(self._ask_brokers(t), attempt)): t
+                for t in self.bootstrap_targets()
+            }
+            pending = set(asks)
+            try:
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        target = asks[task]
+                        error = task.exception()
+                        if error is None:
+                            self._preferred = target
+                            await self.ensure(task.result())
+                            return task.result()
+                        tried[target] = _why(error)
+                        log.debug("bootstrap %s: %s", show(target), tried[target])
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             if loop.time() >= deadline:
                 raise NoBroker(timeout, tried)
             await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
