@@ -12,6 +12,7 @@ acknowledged is consumed.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -262,3 +263,10 @@ def _alive(listen: str) -> int:
     from confluent_kafka.admin import AdminClient
 
     return len(AdminClient({"bootstrap.servers": listen}).list_topics(timeout=10).brokers)
+
+
+def test_sigterm_stops_the_gateway_with_status_0(cluster: Cluster) -> None:
+    """Last in the module: the module's gateway is gone after it."""
+    cluster.gateway.process.send_signal(signal.SIGTERM)
+    assert cluster.gateway.process.wait(10) == 0, cluster.gateway.output()
+    assert "Traceback" not in cluster.gateway.output(), cluster.gateway.output()
