@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pyralog import __version__
-from pyralog.cli import demo, forward, keys, log, mesh, mirror, up, wgconvert
+from pyralog.cli import connect, demo, forward, keys, log, mesh, mirror, up, wgconvert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
     wgconvert.add_parsers(sub)
     forward.add_parser(sub)
+    connect.add_parser(sub)
     mesh.add_parsers(sub)
     log.add_parsers(sub)
     mirror.add_parser(sub)
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             return wgconvert.run_export(args)
         if args.command == "forward":
             return forward.run(args)
+        if args.command == "connect":
+            return connect.run(args)
         if args.command == "coordinator":
             return mesh.run_coordinator(args)
         if args.command == "node":
