@@ -4,6 +4,7 @@ lost (``pyralog.cluster.demo``)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -24,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from pyralog.cluster.demo import run_demo
 
     if not 10 <= args.records <= 10_000_000:
-        print("pyralog demo: --records: expected 10 to 10000000", flush=True)
+        print("pyralog demo: --records: expected 10 to 10000000", file=sys.stderr)
         return 2
     if args.dir is not None and args.dir.exists():
-        print(f"pyralog demo: {args.dir}: exists; give a new directory", flush=True)
+        print(f"pyralog demo: {args.dir}: exists; give a new directory", file=sys.stderr)
         return 2
     return run_demo(args.records, args.dir.absolute() if args.dir else None)

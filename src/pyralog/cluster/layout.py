@@ -218,7 +218,7 @@ class ClusterDir:
             f"min_insync_replicas = {min(2, factor)}\n"
             # Loopback never loses a heartbeat to the network: a short session timeout
             # makes failover quick without false suspicions.
-            "session_timeout_ms = 3000\n"
+            "session_timeout_ms = 2000\n"
             "replica_lag_time_max_ms = 6000\n"
         )
         try:
