@@ -145,7 +145,8 @@ async def _serve(
     bootstrap: list[tuple[str, int]],
     timeout: float,
 ) -> int:
-    from pyralog.gateway.server import Gateway, NoBroker, show
+    from pyralog.gateway.server import Gateway, NoBroker
+    from pyralog.gateway.watchdog import show
     from pyralog.net import EmbeddedNetwork
 
     stop = stop_event()

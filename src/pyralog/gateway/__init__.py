@@ -10,6 +10,6 @@ broker's mesh address by a local port that leads to that broker.
 - ``frames``: sans-IO frame splitting and correlation-id tracking per connection;
 - ``rewrite``: sans-IO response rewriting with kio (decode, replace host and port,
   re-encode); everything it does not rewrite passes through byte for byte;
-- ``server``: the asyncio part: listeners, broker id to local port mapping, pumping,
-  and a watchdog that closes client connections to a broker that stopped answering.
+- ``server``: the asyncio part: listeners, broker id to local port mapping, pumping;
+- ``watchdog``: closes the client connections to a broker that stopped answering.
 """

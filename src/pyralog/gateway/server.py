@@ -1,17 +1,12 @@
-"""The gateway's asyncio part: listeners, the broker table, pumping, the watchdog.
+"""The gateway's asyncio part: listeners, the broker table, pumping.
 
 A local client first connects to the bootstrap listener, which forwards to any broker
 that answers. Each broker id named in an answer gets a local listener of its own
 (``--listen`` port + 1, + 2, ... in order of first sight); connections to it go to that
 broker's mesh address. The mapping never changes while the gateway runs, because
 clients cache it; if a broker's advertised address changes, its listener follows.
-
-A broker behind WireGuard that dies sends no RST: its connections just go quiet, and a
-client would wait for its own request timeout (30 s or more) before it looks elsewhere.
-So while connections to a broker are open a watchdog asks it ApiVersions every second
-on a connection of its own; when it does not answer within PROBE_TIMEOUT, every client
-connection to it is closed, and the clients reconnect and refresh their Metadata. Every
-upstream connect is bounded by CONNECT_TIMEOUT for the same reason.
+Every upstream connect is bounded by CONNECT_TIMEOUT (a dead peer behind WireGuard
+sends no RST), and each upstream connection is watched (``watchdog``).
 """
 
 from __future__ import annotations
@@ -19,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyralog.gateway.frames import MAX_RESPONSE_BYTES, Conversation, FrameError
+from pyralog.gateway.frames import Conversation, FrameError
 from pyralog.gateway.rewrite import (
     ADDRESSED,
     API_VERSIONS,
@@ -35,25 +29,25 @@ from pyralog.gateway.rewrite import (
     can_rewrite,
     decode,
 )
+from pyralog.gateway.watchdog import (
+    CLIENT_ID,
+    CONNECT_TIMEOUT,
+    Link,
+    Target,
+    Watchdog,
+    read_frame,
+    show,
+    why,
+)
 from pyralog.log.protocol import encode_request, request
 from pyralog.net.api import Network
 
 log = logging.getLogger("pyralog.connect")
 
-CONNECT_TIMEOUT = 5.0
-PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 5.0
 CHUNK = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
-CLIENT_ID = "pyralog-connect"
 
-Target = tuple[str, int]
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def show(target: Target) -> str:
-    host, port = target
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class NoBroker(Exception):
@@ -73,34 +67,6 @@ class Mapped:
     target: Target
     local: Target
     server: asyncio.Server
-
-
-class _Link:
-    """A client connection and its upstream connection, closed together."""
-
-    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
-        self.client = client
-        self.upstream = upstream
-
-    def abort(self) -> None:
-        self.client.transport.abort()
-        self.upstream.transport.abort()
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    if isinstance(e, asyncio.IncompleteReadError):
-        return "closed the connection"
-    return str(e) or type(e).__name__
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    prefix = await reader.readexactly(4)
-    (size,) = struct.unpack(">i", prefix)
-    if not 4 <= size <= MAX_RESPONSE_BYTES:
-        raise FrameError(f"response frame size {size}")
-    return prefix + await reader.readexactly(size)
 
 
 class Gateway:
@@ -124,8 +90,7 @@ class Gateway:
         self._lock = asyncio.Lock()
         # Handler tasks must be referenced, or the garbage collector may destroy them.
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._links: dict[Target, set[_Link]] = {}
-        self._watchdogs: dict[Target, asyncio.Task[None]] = {}
+        self._watchdog = Watchdog(network, connect_timeout)
 
     # -- listeners and the broker table ----------------------------------------------------
 
@@ -198,7 +163,7 @@ class Gateway:
                             self._preferred = target
                             await self.ensure(task.result())
                             return task.result()
-                        tried[target] = _why(error)
+                        tried[target] = why(error)
                         log.debug("bootstrap %s: %s", show(target), tried[target])
             finally:
                 for task in pending:
@@ -214,7 +179,7 @@ class Gateway:
             body = request(METADATA, 1, {"topics": []})
             writer.write(encode_request(METADATA, 1, 1, CLIENT_ID, body))
             await writer.drain()
-            return decode(METADATA, 1, await _read_frame(reader)).brokers()
+            return decode(METADATA, 1, await read_frame(reader)).brokers()
         finally:
             writer.transport.abort()
 
@@ -250,7 +215,7 @@ class Gateway:
                     self.connect_timeout,
                 )
             except (OSError, TimeoutError) as e:
-                log.info("cannot reach broker at %s: %s", show(target), _why(e))
+                log.info("cannot reach broker at %s: %s", show(target), why(e))
                 continue
             return target, streams
         return None
@@ -280,8 +245,8 @@ class Gateway:
         conversation = Conversation(
             WATCHED, rewritable=lambda k, v: k not in ADDRESSED or can_rewrite(k, v)
         )
-        link = _Link(writer, up_writer)
-        self._register(target, link)
+        link = Link(writer, up_writer)
+        self._watchdog.register(target, link)
         pumps = [
             asyncio.ensure_future(self._requests(reader, up_writer, conversation, who)),
             asyncio.ensure_future(self._responses(up_reader, writer, conversation, target)),
@@ -294,7 +259,7 @@ class Gateway:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            self._unregister(target, link)
+            self._watchdog.unregister(target, link)
             link.abort()
 
     async def _requests(
@@ -315,7 +280,7 @@ class Gateway:
                     upstream.write(b"".join(frames))
                     await upstream.drain()
         except (ConnectionError, OSError) as e:
-            return f"lost: {_why(e)}"
+            return f"lost: {why(e)}"
         return "client closed the connection"
 
     async def _responses(
@@ -344,7 +309,7 @@ class Gateway:
                     client.write(b"".join(out))
                     await client.drain()
         except (ConnectionError, OSError) as e:
-            return f"lost: {_why(e)}"
+            return f"lost: {why(e)}"
         return f"broker {show(target)} closed the connection"
 
     async def _rewrite(self, frame: bytes, api: tuple[int, int], target: Target) -> bytes | None:
@@ -363,61 +328,11 @@ class Gateway:
         await self.ensure(answer.brokers())
         return answer.rewrite(self.locate)
 
-    # -- the watchdog -----------------------------------------------------------------------
-
-    def _register(self, target: Target, link: _Link) -> None:
-        self._links.setdefault(target, set()).add(link)
-        running = self._watchdogs.get(target)
-        if running is None or running.done():
-            task = asyncio.ensure_future(self._watch(target))
-            self._watchdogs[target] = task
-
-            def forget(done: asyncio.Task[None]) -> None:
-                if self._watchdogs.get(target) is done:
-                    del self._watchdogs[target]
-
-            task.add_done_callback(forget)
-
-    def _unregister(self, target: Target, link: _Link) -> None:
-        links = self._links.get(target)
-        if links is not None:
-            links.discard(link)
-            if not links:
-                del self._links[target]
-                task = self._watchdogs.pop(target, None)
-                if task is not None:
-                    task.cancel()
-
-    async def _watch(self, target: Target) -> None:
-        """Ask ``target`` ApiVersions every PROBE_INTERVAL while clients use it; close
-        their connections when it stops answering."""
-        writer: asyncio.StreamWriter | None = None
-        try:
-            reader, writer = await asyncio.wait_for(
-                self.network.open_connection(*target), self.connect_timeout
-            )
-            correlation_id = 0
-            while True:
-                correlation_id += 1
-                body = request(API_VERSIONS, 0, {})
-                writer.write(encode_request(API_VERSIONS, 0, correlation_id, CLIENT_ID, body))
-                await asyncio.wait_for(_read_frame(reader), PROBE_TIMEOUT)
-                await asyncio.sleep(PROBE_INTERVAL)
-        except (OSError, TimeoutError, EOFError, FrameError) as e:
-            links = self._links.pop(target, set())
-            log.warning("broker at %s is not answering (%s): closing its %d client "
-                        "connection(s)", show(target), _why(e), len(links))  # fmt: skip
-            for link in links:
-                link.abort()
-        finally:
-            if writer is not None:
-                writer.transport.abort()
-
     async def close(self) -> None:
         servers = self._servers + [m.server for m in self.brokers.values()]
         for server in servers:
             server.close()
-        tasks = [*self._tasks, *self._watchdogs.values()]
+        tasks = [*self._tasks, *self._watchdog.tasks()]
         for task in tasks:
             task.cancel()
         if tasks:
