@@ -23,7 +23,7 @@ log = logging.getLogger("pyralog.connect")
 
 CONNECT_TIMEOUT = 5.0
 PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.5
 CLIENT_ID = "pyralog-connect"
 
 Target = tuple[str, int]
