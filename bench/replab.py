@@ -18,8 +18,6 @@ which removes it all, and every process, when it closes.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -30,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certs import ThrowawayCA
 from harness import PORT
 from lab import CLK_TCK, CommandError, Daemon, Lab, cpu_seconds, run
 
@@ -348,76 +347,13 @@ def start_pyralog(lab: Lab, net: Net, tag: str, session_timeout_ms: int) -> Pyra
 
 
 def make_certs(directory: Path) -> dict[str, Path]:
-    """A throwaway CA and, for each NATS server, a certificate for its LAN address (the
-    routes' host) good for both ends of a route (serverAuth and clientAuth). Returns
-    ``ca`` and ``<node>.crt`` / ``<node>.key`` paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench throwaway CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": directory / "ca.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    """A throwaway CA (bench/certs.py) and, for each NATS server, a certificate for its
+    LAN address (the routes' host) good for both ends of a route. Returns ``ca`` and
+    ``<node>.crt`` / ``<node>.key`` paths."""
+    ca = ThrowawayCA.create(directory)
+    paths = {"ca": ca.ca}
     for n in SERVERS:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, nats_name(n))])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(nats_name(n)), x509.IPAddress(ipaddress.ip_address(lan_ip(n)))]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        paths[f"{n}.crt"] = directory / f"{n}.crt"
-        paths[f"{n}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{n}.key"] = directory / f"{n}.key"
-        write_key(paths[f"{n}.key"], key)
+        paths[f"{n}.crt"], paths[f"{n}.key"] = ca.issue(n, [nats_name(n), lan_ip(n)])
     return paths
 
 
