@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,7 +296,9 @@ def start_etcd(lab: Lab, net: Net) -> Proc:
 
 @dataclass
 class PyralogCluster:
-    """Three ``pyralog broker`` processes sharing one etcd prefix."""
+    """Three ``pyralog broker`` processes sharing one etcd prefix, listening on
+    ``host_of(node)`` (their tunnel address unless told otherwise: bench/transport.py
+    puts them on the LAN), with ``extra`` arguments (e.g. TLS flags) per node."""
 
     lab: Lab
     net: Net
@@ -303,18 +306,20 @@ class PyralogCluster:
     data: dict[str, Path]
     session_timeout_ms: int
     brokers: dict[str, Proc] = field(default_factory=dict)
+    host_of: Callable[[str], str] = tunnel_ip
+    extra: Callable[[str], list[str]] = lambda node: []
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(f"{tunnel_ip(n)}:{KAFKA_PORT}" for n in SERVERS)
+        return ",".join(f"{self.host_of(n)}:{KAFKA_PORT}" for n in SERVERS)
 
     def start(self, node: str) -> Proc:
         argv = [
             PYRALOG, "broker", "--data", str(self.data[node]),
-            "--listen", f"{tunnel_ip(node)}:{KAFKA_PORT}", "--node-id", str(node_id(node)),
+            "--listen", f"{self.host_of(node)}:{KAFKA_PORT}", "--node-id", str(node_id(node)),
             "--cluster-store", self.store_url, "--replication-factor", "3",
             "--min-insync-replicas", "2", "--session-timeout-ms", str(self.session_timeout_ms),
-            "--no-auto-create",
+            "--no-auto-create", *self.extra(node),
         ]  # fmt: skip
         logfile = self.data[node].with_suffix(".log")
         self.brokers[node] = _start(self.lab, self.net.ns[node], f"broker {node}", argv, logfile)
@@ -331,11 +336,22 @@ class PyralogCluster:
         return list(self.brokers.values())
 
 
-def start_pyralog(lab: Lab, net: Net, tag: str, session_timeout_ms: int) -> PyralogCluster:
-    prefix = f"/bench-{tag}-{uuid.uuid4().hex[:8]}/"
-    url = f"etcd://{lan_ip(STORE)}:{ETCD_PORT}{prefix}"
+def etcd_url(tag: str) -> str:
+    """A fresh prefix of the session's etcd: one cluster's state, never another's."""
+    return f"etcd://{lan_ip(STORE)}:{ETCD_PORT}/bench-{tag}-{uuid.uuid4().hex[:8]}/"
+
+
+def start_pyralog(
+    lab: Lab,
+    net: Net,
+    tag: str,
+    session_timeout_ms: int,
+    host_of: Callable[[str], str] = tunnel_ip,
+    extra: Callable[[str], list[str]] = lambda node: [],
+) -> PyralogCluster:
+    url = etcd_url(tag)
     data = {n: lab.tmp / f"pyralog-{tag}-{n}" for n in SERVERS}
-    cluster = PyralogCluster(lab, net, url, data, session_timeout_ms)
+    cluster = PyralogCluster(lab, net, url, data, session_timeout_ms, host_of=host_of, extra=extra)
     for n in SERVERS:
         cluster.start(n)
     for n in SERVERS:
