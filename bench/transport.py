@@ -48,11 +48,9 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import replab  # noqa: E402
+from certs import ThrowawayCA  # noqa: E402
 from harness import PORT, log, unwind_on_signals  # noqa: E402
 from lab import CommandError, Lab, reap_stale, run_client  # noqa: E402
-
-replab.SUBNET = 47  # our own: 172.29.47.0/24 LAN, 10.29.47.0/24 pyralog-wg tunnels
-from certs import ThrowawayCA  # noqa: E402
 from replab import (  # noqa: E402
     CLIENT,
     HOST_NUMBER,
@@ -75,6 +73,9 @@ from replstats import foreign_delta  # noqa: E402
 from stats import fmt  # noqa: E402
 from transtats import LABELS, PATHS, order, summarize, tables, unit_figures  # noqa: E402
 
+# Our own subnets: 172.29.47.0/24 LAN, 10.29.47.0/24 pyralog-wg tunnels (replab's lan_ip
+# and tunnel_ip read replab.SUBNET, set in main(); replication.py's is 41).
+SUBNET = 47
 TRANSLOAD = str(BENCH / "transload.py")
 EMBEDDED_PORT = 51821  # the embedded tunnels' UDP port, beside pyralog-wg's 51820
 TOPIC, LATENCY_TOPIC = "tput", "lat"
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/transport.py: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     unwind_on_signals()
+    replab.SUBNET = SUBNET
     from machine import machine_info
 
     stale = reap_stale()
