@@ -170,7 +170,18 @@ def test_three_tls_brokers_replicate(pki: Pki, tmp_path: Path) -> None:
         admin = kafka_admin.AdminClient(conf)
         assert wait_until(lambda: len(admin.list_topics(timeout=5).brokers) == 3, 20)
         new = kafka_admin.NewTopic("rep", 1, 3, config={"min.insync.replicas": "2"})
-        admin.create_topics([new])["rep"].result(30)
+
+        def created() -> bool:
+            # Every broker in Metadata is not yet every broker the creator counts alive.
+            try:
+                admin.create_topics([new])["rep"].result(30)
+            except confluent_kafka.KafkaException as e:
+                if e.args[0].code() == confluent_kafka.KafkaError.INVALID_REPLICATION_FACTOR:
+                    return False
+                raise
+            return True
+
+        assert wait_until(created, 20)
 
         def isr() -> list[int]:
             parts = admin.list_topics("rep", timeout=5).topics["rep"].partitions
