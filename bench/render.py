@@ -603,6 +603,9 @@ def render_png(res: dict, path: Path) -> bool:
     return True
 
 
+KEEP_MARKER = "<!-- kept by bench/render.py: the sections below come from other benchmarks -->"
+
+
 def main(argv: list[str] | None = None) -> int:
     import json
 
@@ -621,7 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             png_ref = str(png_path.resolve())
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(render_markdown(res, png_ref))
+    # Sections written from other benchmarks (bench/transport.py's) follow the marker:
+    # kept as they are.
+    old = md_path.read_text() if md_path.exists() else ""
+    kept = old[old.index(KEEP_MARKER) :] if KEEP_MARKER in old else ""
+    md_path.write_text(render_markdown(res, png_ref) + ("\n" + kept if kept else ""))
     print(f"wrote {md_path}" + (f" and {png_path}" if drew else ""))
     return 0
 

@@ -18,8 +18,6 @@ which removes it all, and every process, when it closes.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -27,9 +25,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certs import ThrowawayCA
 from harness import PORT
 from lab import CLK_TCK, CommandError, Daemon, Lab, cpu_seconds, run
 
@@ -296,7 +296,9 @@ def start_etcd(lab: Lab, net: Net) -> Proc:
 
 @dataclass
 class PyralogCluster:
-    """Three ``pyralog broker`` processes sharing one etcd prefix."""
+    """Three ``pyralog broker`` processes sharing one etcd prefix, listening on
+    ``host_of(node)`` (their tunnel address unless told otherwise: bench/transport.py
+    puts them on the LAN), with ``extra`` arguments (e.g. TLS flags) per node."""
 
     lab: Lab
     net: Net
@@ -304,18 +306,20 @@ class PyralogCluster:
     data: dict[str, Path]
     session_timeout_ms: int
     brokers: dict[str, Proc] = field(default_factory=dict)
+    host_of: Callable[[str], str] = tunnel_ip
+    extra: Callable[[str], list[str]] = lambda node: []
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(f"{tunnel_ip(n)}:{KAFKA_PORT}" for n in SERVERS)
+        return ",".join(f"{self.host_of(n)}:{KAFKA_PORT}" for n in SERVERS)
 
     def start(self, node: str) -> Proc:
         argv = [
             PYRALOG, "broker", "--data", str(self.data[node]),
-            "--listen", f"{tunnel_ip(node)}:{KAFKA_PORT}", "--node-id", str(node_id(node)),
+            "--listen", f"{self.host_of(node)}:{KAFKA_PORT}", "--node-id", str(node_id(node)),
             "--cluster-store", self.store_url, "--replication-factor", "3",
             "--min-insync-replicas", "2", "--session-timeout-ms", str(self.session_timeout_ms),
-            "--no-auto-create",
+            "--no-auto-create", *self.extra(node),
         ]  # fmt: skip
         logfile = self.data[node].with_suffix(".log")
         self.brokers[node] = _start(self.lab, self.net.ns[node], f"broker {node}", argv, logfile)
@@ -332,11 +336,22 @@ class PyralogCluster:
         return list(self.brokers.values())
 
 
-def start_pyralog(lab: Lab, net: Net, tag: str, session_timeout_ms: int) -> PyralogCluster:
-    prefix = f"/bench-{tag}-{uuid.uuid4().hex[:8]}/"
-    url = f"etcd://{lan_ip(STORE)}:{ETCD_PORT}{prefix}"
+def etcd_url(tag: str) -> str:
+    """A fresh prefix of the session's etcd: one cluster's state, never another's."""
+    return f"etcd://{lan_ip(STORE)}:{ETCD_PORT}/bench-{tag}-{uuid.uuid4().hex[:8]}/"
+
+
+def start_pyralog(
+    lab: Lab,
+    net: Net,
+    tag: str,
+    session_timeout_ms: int,
+    host_of: Callable[[str], str] = tunnel_ip,
+    extra: Callable[[str], list[str]] = lambda node: [],
+) -> PyralogCluster:
+    url = etcd_url(tag)
     data = {n: lab.tmp / f"pyralog-{tag}-{n}" for n in SERVERS}
-    cluster = PyralogCluster(lab, net, url, data, session_timeout_ms)
+    cluster = PyralogCluster(lab, net, url, data, session_timeout_ms, host_of=host_of, extra=extra)
     for n in SERVERS:
         cluster.start(n)
     for n in SERVERS:
@@ -348,76 +363,13 @@ def start_pyralog(lab: Lab, net: Net, tag: str, session_timeout_ms: int) -> Pyra
 
 
 def make_certs(directory: Path) -> dict[str, Path]:
-    """A throwaway CA and, for each NATS server, a certificate for its LAN address (the
-    routes' host) good for both ends of a route (serverAuth and clientAuth). Returns
-    ``ca`` and ``<node>.crt`` / ``<node>.key`` paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench throwaway CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": directory / "ca.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    """A throwaway CA (bench/certs.py) and, for each NATS server, a certificate for its
+    LAN address (the routes' host) good for both ends of a route. Returns ``ca`` and
+    ``<node>.crt`` / ``<node>.key`` paths."""
+    ca = ThrowawayCA.create(directory)
+    paths = {"ca": ca.ca}
     for n in SERVERS:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, nats_name(n))])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(nats_name(n)), x509.IPAddress(ipaddress.ip_address(lan_ip(n)))]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        paths[f"{n}.crt"] = directory / f"{n}.crt"
-        paths[f"{n}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{n}.key"] = directory / f"{n}.key"
-        write_key(paths[f"{n}.key"], key)
+        paths[f"{n}.crt"], paths[f"{n}.key"] = ca.issue(n, [nats_name(n), lan_ip(n)])
     return paths
 
 

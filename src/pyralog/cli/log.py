@@ -42,6 +42,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     repl.add_argument("--rack", help="this broker's region or rack (replicas spread across)")
     repl.add_argument("--session-timeout-ms", type=int, default=4000, metavar="MS")
     repl.add_argument("--replica-lag-time-max-ms", type=int, default=10000, metavar="MS")
+    tls = broker.add_argument_group(
+        "mutual TLS 1.3 (off by default; for clients that cannot run WireGuard)"
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="this broker's certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, unencrypted)")
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="the CA clients' and other brokers' certificates must be signed by (PEM)",
+    )
 
     def with_broker(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -133,8 +143,12 @@ async def _broker(args: argparse.Namespace) -> int:
     from pyralog.log.client import parse_address
     from pyralog.log.context import BrokerConfig
     from pyralog.log.storage import Storage
+    from pyralog.log.tls import client_context, server_context, tls_files
     from pyralog.log.topic_config import TopicConfig
 
+    tls = tls_files(args.tls_cert, args.tls_key, args.tls_ca)  # before any side effect
+    server_tls = server_context(tls) if tls else None
+    client_tls = client_context(tls) if tls else None
     # The broker's own log lines (refused or malformed connections, storage errors).
     logging.basicConfig(
         level=logging.INFO, format="pyralog broker: %(levelname)s: %(message)s", stream=sys.stderr
@@ -164,7 +178,7 @@ async def _broker(args: argparse.Namespace) -> int:
     )
     broker = Broker(storage, config, data)
     try:
-        bound = await broker.start(host, port)
+        bound = await broker.start(host, port, ssl=server_tls)
         if adv_port == 0:
             broker.ctx.config = dataclasses.replace(config, advertised_port=bound[0][1])
         if args.cluster_store:
@@ -176,10 +190,11 @@ async def _broker(args: argparse.Namespace) -> int:
                 session_timeout=args.session_timeout_ms / 1000,
                 lag_max=args.replica_lag_time_max_ms / 1000,
                 default_replication_factor=args.replication_factor,
+                ssl=client_tls,
             )
         print(
-            f"pyralog broker: listening on {', '.join(f'{h}:{p}' for h, p in bound)}, "
-            f"data in {data}",
+            f"pyralog broker: listening on {', '.join(f'{h}:{p}' for h, p in bound)}"
+            f"{' (mutual TLS 1.3)' if tls else ''}, data in {data}",
             file=sys.stderr,
             flush=True,
         )

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from kio.schema.errors import ErrorCode as E
@@ -71,11 +72,19 @@ class Broker:
         return len(self._connections)
 
     async def start(
-        self, host: str, port: int, network: Network | None = None
+        self,
+        host: str,
+        port: int,
+        network: Network | None = None,
+        *,
+        ssl: SSLContext | None = None,
     ) -> list[tuple[str, int]]:
-        """Listen on host:port through `network`, or plain kernel sockets without one."""
+        """Listen on host:port through `network`, or plain kernel sockets without one
+        (with TLS when `ssl` is given: pyralog.log.tls.server_context)."""
+        if ssl is not None and network is not None:
+            raise ValueError("TLS over a pyralog.net network: WireGuard already encrypts it")
         if network is None:
-            server = await asyncio.start_server(self._accept, host, port)
+            server = await asyncio.start_server(self._accept, host, port, ssl=ssl)
         else:
             server = await network.start_server(self._accept, host, port)
         self._servers.append(server)
@@ -98,9 +107,11 @@ class Broker:
         heartbeat: float = HEARTBEAT,
         lag_max: float = REPLICA_LAG_MAX,
         default_replication_factor: int = 3,
+        ssl: SSLContext | None = None,
     ) -> Replication:
         """Serve replicated topics with the other brokers sharing `store` (call after
-        start). Replicas reach each other at the advertised addresses, over `network`."""
+        start). Replicas reach each other at the advertised addresses, over `network`
+        (with TLS when `ssl`, a client context, is given)."""
         cfg = self.ctx.config
         me = BrokerRecord(cfg.node_id, cfg.advertised_host, cfg.advertised_port, "", region)
         cluster = Cluster(store, me, heartbeat=heartbeat, session_timeout=session_timeout)
@@ -110,6 +121,7 @@ class Broker:
             network,
             lag_max=lag_max,
             default_replication_factor=default_replication_factor,
+            ssl=ssl,
         )
         self.ctx.replication = replication
         self.ctx.groups.replicate()

@@ -6,7 +6,8 @@
         ...
 
 Pass `network=` (a `pyralog.net.Network`) to run over the embedded WireGuard tunnel,
-where kernel sockets do not reach. Wire encoding is `kio`'s; this module only says
+where kernel sockets do not reach, or `ssl=` (pyralog.log.tls.client_context) for a
+broker that listens with TLS. Wire encoding is `kio`'s; this module only says
 which requests to send and what their answers mean.
 """
 
@@ -17,6 +18,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 from pyralog.log.connection import Connection, KafkaError
@@ -62,10 +64,17 @@ class PyralogClient:
     up to `RETRY_FOR` seconds. A retried produce whose first answer was lost may be
     stored twice, as with any Kafka client without idempotence."""
 
-    def __init__(self, conn: Connection, bootstrap: tuple[str, int], network: Network | None):
+    def __init__(
+        self,
+        conn: Connection,
+        bootstrap: tuple[str, int],
+        network: Network | None,
+        ssl: SSLContext | None = None,
+    ):
         self._conn = conn
         self._bootstrap = bootstrap
         self._network = network
+        self._ssl = ssl
         self._known: set[str] = set()
         self._client_id = "pyralog-client"
         self._leaders: dict[tuple[str, int], tuple[str, int]] = {}
@@ -80,12 +89,13 @@ class PyralogClient:
         network: Network | None = None,
         client_id: str = "pyralog-client",
         timeout: float = 10.0,
+        ssl: SSLContext | None = None,
     ) -> PyralogClient:
         host, port = parse_address(address)
         conn = await Connection.open(
-            host, port, network=network, client_id=client_id, timeout=timeout
+            host, port, network=network, client_id=client_id, timeout=timeout, ssl=ssl
         )
-        client = cls(conn, (host, port), network)
+        client = cls(conn, (host, port), network, ssl)
         client._client_id = client_id
         return client
 
@@ -135,7 +145,11 @@ class PyralogClient:
         conn = self._conns.get(address)
         if conn is None or conn.closed:
             conn = await Connection.open(
-                *address, network=self._network, client_id=self._client_id, timeout=CONNECT
+                *address,
+                network=self._network,
+                client_id=self._client_id,
+                timeout=CONNECT,
+                ssl=self._ssl,
             )
             self._conns[address] = conn
         return conn

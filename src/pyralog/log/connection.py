@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl as _ssl
 from typing import Any
 
 from pyralog.log import protocol
@@ -70,10 +71,15 @@ class Connection:
         network: Network | None = None,
         client_id: str = "pyralog",
         timeout: float = 10.0,
+        ssl: _ssl.SSLContext | None = None,
     ) -> Connection:
+        """Connect (with TLS when `ssl` is given: kernel sockets only, since a
+        `network` is a WireGuard tunnel, which already encrypts) and negotiate versions."""
+        if ssl is not None and network is not None:
+            raise ValueError("TLS over a pyralog.net network: WireGuard already encrypts it")
         async with asyncio.timeout(timeout):
             if network is None:
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
             else:
                 reader, writer = await network.open_connection(host, port)
             conn = cls(reader, writer, client_id)

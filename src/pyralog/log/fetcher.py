@@ -56,6 +56,7 @@ class Fetcher:
         me: int,
         address: Callable[[int], tuple[str, int] | None],
         network: Any,
+        ssl: Any = None,  # an ssl.SSLContext: the leaders' listeners use TLS
     ) -> None:
         self.ctx = ctx
         self.live = live
@@ -63,6 +64,7 @@ class Fetcher:
         self.me = me
         self.address = address
         self.network = network
+        self.ssl = ssl
         self.fetches = 0
         self.truncated = 0  # records dropped to follow this leader
         self.task = asyncio.create_task(self._run())
@@ -87,7 +89,7 @@ class Fetcher:
                     if target is None:
                         raise ConnectionError(f"no address for broker {self.state.leader}")
                     conn = await Connection.open(
-                        *target, network=self.network, client_id=f"replica-{self.me}"
+                        *target, network=self.network, client_id=f"replica-{self.me}", ssl=self.ssl
                     )
                 if needs_truncation:
                     await self._truncate(conn)

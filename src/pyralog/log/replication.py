@@ -46,8 +46,11 @@ class Replication:
         *,
         lag_max: float = REPLICA_LAG_MAX,
         default_replication_factor: int = 3,
+        ssl: Any = None,
     ) -> None:
+        """`ssl` (an ssl.SSLContext, client side) when the brokers listen with TLS."""
         self.ctx = ctx
+        self.ssl = ssl
         self.cluster = cluster
         self.network = network
         self.lag_max = lag_max
@@ -223,7 +226,9 @@ class Replication:
             self.fetchers.pop(key).task.cancel()
         if state.leader < 0 or state.leader == self.me:
             return  # no leader, or this broker fenced: nothing to copy from
-        self.fetchers[key] = Fetcher(self.ctx, live, state, self.me, self.address_of, self.network)
+        self.fetchers[key] = Fetcher(
+            self.ctx, live, state, self.me, self.address_of, self.network, self.ssl
+        )
 
     def address_of(self, broker_id: int) -> tuple[str, int] | None:
         record = self.cluster.view.brokers.get(broker_id)
