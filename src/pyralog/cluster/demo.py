@@ -34,6 +34,9 @@ from pyralog.cluster.layout import ClusterDir
 from pyralog.cluster.supervisor import _die_with_parent, child_environment
 
 TOPIC = "demo"
+# librdkafka logs every connection a failover breaks ("Disconnected", "Connect ...
+# failed") to stderr; the demo says what happens itself.
+QUIET = {"log_level": 2, "log.connection.close": False}
 
 
 class DemoError(Exception):
@@ -130,6 +133,7 @@ def produce(bootstrap: str, cdir: ClusterDir, run: Run) -> str:
         "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
         "linger.ms": 5, "message.timeout.ms": 90000, "request.timeout.ms": 15000,
         "socket.connection.setup.timeout.ms": 5000, "topic.metadata.refresh.interval.ms": 1000,
+        **QUIET,
     })  # fmt: skip
 
     def report(i: int) -> Any:
@@ -183,7 +187,7 @@ def consume(bootstrap: str, expected: int) -> dict[int, list[int]]:
 
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"demo-check-{os.getpid()}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": True,
+        "auto.offset.reset": "earliest", "enable.auto.commit": True, **QUIET,
     })  # fmt: skip
     consumer.subscribe([TOPIC])
     seen: dict[int, list[int]] = {}
@@ -240,9 +244,10 @@ def run_demo(records: int, keep: Path | None) -> int:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         say(f"== topic {TOPIC!r}: 1 partition, replication factor 3, min.insync.replicas 2")
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient({"bootstrap.servers": bootstrap, **QUIET})
         futures = admin.create_topics([NewTopic(TOPIC, 1, 3, config={"min.insync.replicas": "2"})])
         futures[TOPIC].result(30)
+        del admin, futures  # closed now, not when the cluster is stopped under it
         deadline = time.monotonic() + 20
         while _leader(cdir) is None:
             if time.monotonic() > deadline:
