@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lab import CommandError
@@ -71,3 +73,20 @@ def attempt(errors: list[str], what: str, fn: Callable[..., Any], *args: Any, **
             traceback.print_exc(file=sys.stderr)
         errors.append(msg)
         return None
+
+
+def finish(results: dict[str, Any], out: Path | None, default: str) -> int:
+    """Write a benchmark's results (to ``out``, or on failure to ``*.failed.json`` beside
+    ``out`` or ``default``, never over the published results) and its exit status."""
+    failure = results.get("failure")
+    path = out or Path(default)
+    if failure is not None:
+        path = path.with_suffix(".failed.json")
+    if out or failure:
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"wrote {path}")
+    log(f"total {results['total_seconds']:.0f} s")
+    if failure:
+        log(failure)
+        return 1
+    return 0

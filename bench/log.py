@@ -56,7 +56,7 @@ ROOT = BENCH.parent
 if str(BENCH) not in sys.path:  # the bench modules import one another by bare name
     sys.path.insert(0, str(BENCH))
 
-from harness import log, unwind_on_signals  # noqa: E402
+from harness import finish, log, unwind_on_signals  # noqa: E402
 from lab import (  # noqa: E402
     CLK_TCK,
     LONG_NAMES,
@@ -422,17 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": bench.runs,
     }
     print(tables(results["summary"]))
-    out = a.out or Path("log_benchmarks.json")
-    if failure is not None:  # never over the published results
-        out = out.with_suffix(".failed.json")
-    if a.out or failure:
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        log(f"wrote {out}")
-    log(f"total {results['total_seconds']:.0f} s")
-    if failure:
-        log(failure)
-        return 1
-    return 0
+    return finish(results, a.out, "log_benchmarks.json")
 
 
 if __name__ == "__main__":

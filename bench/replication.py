@@ -68,7 +68,7 @@ ROOT = BENCH.parent
 if str(BENCH) not in sys.path:  # the bench modules import one another by bare name
     sys.path.insert(0, str(BENCH))
 
-from harness import log, unwind_on_signals  # noqa: E402
+from harness import finish, log, unwind_on_signals  # noqa: E402
 from lab import CLK_TCK, CommandError, Lab, reap_stale, run, run_client  # noqa: E402
 from logstats import (  # noqa: E402
     WARMUP,
@@ -777,17 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     for u in units:
         for p in u["failover"]["problems"]:
             log(f"PROBLEM: round {u['round'] + 1} {u['system']}: {p}")
-    out = a.out or Path("replication_benchmarks.json")
-    if failure is not None:  # never over the published results
-        out = out.with_suffix(".failed.json")
-    if a.out or failure:
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        log(f"wrote {out}")
-    log(f"total {results['total_seconds']:.0f} s")
-    if failure:
-        log(failure)
-        return 1
-    return 0
+    return finish(results, a.out, "replication_benchmarks.json")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ if str(BENCH) not in sys.path:
 
 import replab  # noqa: E402
 from certs import ThrowawayCA  # noqa: E402
-from harness import PORT, log, unwind_on_signals  # noqa: E402
+from harness import PORT, finish, log, unwind_on_signals  # noqa: E402
 from lab import CommandError, Lab, reap_stale, run_client  # noqa: E402
 from replab import (  # noqa: E402
     CLIENT,
@@ -383,17 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "units": units,
     }
     print(tables(results["summary"]))
-    out = a.out or Path("transport_benchmarks.json")
-    if failure is not None:
-        out = out.with_suffix(".failed.json")
-    if a.out or failure:
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        log(f"wrote {out}")
-    log(f"total {results['total_seconds']:.0f} s")
-    if failure:
-        log(failure)
-        return 1
-    return 0
+    return finish(results, a.out, "transport_benchmarks.json")
 
 
 if __name__ == "__main__":

@@ -26,25 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from processes import as_nobody, console_script
+from pyralog.cluster.supervisor import free_range
 
 
 def free_port_range(count: int) -> int:
-    """A base port with ``count`` consecutive UDP ports free on every address."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("0.0.0.0", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no free UDP port range")
+    """A base port with ``count`` consecutive UDP ports free on every address, from a
+    random start (tests run side by side)."""
+    return free_range(socket.SOCK_DGRAM, count, random.randrange(20000, 60000))
 
 
 class UpCluster:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pyralog.cluster.layout import ClusterDir
-from pyralog.cluster.supervisor import _die_with_parent, child_environment
+from pyralog.cluster.supervisor import _die_with_parent, child_environment, free_range
 
 TOPIC = "demo"
 # librdkafka logs every connection a failover breaks ("Disconnected", "Connect ...
@@ -45,26 +45,6 @@ class DemoError(Exception):
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def free_range(kind: int, count: int, start: int) -> int:
-    """The first base port from ``start`` with ``count`` consecutive free ports."""
-    for base in range(start, 65000, count + 1):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, kind)
-                socks.append(s)
-                if kind == socket.SOCK_STREAM:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("0.0.0.0" if kind == socket.SOCK_DGRAM else "127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise DemoError(f"no {count} consecutive free ports above {start}")
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -299,7 +279,7 @@ def run_demo(records: int, keep: Path | None) -> int:
         say(f"demo: {len(run.acked)} records acknowledged, {len(seen)} consumed back, "
             f"{len(lost)} lost, leader failover in {failover}")  # fmt: skip
         return 0 if ok else 1
-    except DemoError as e:
+    except (DemoError, OSError) as e:
         print(f"pyralog demo: {e}", file=sys.stderr)
         return 1
     finally:

@@ -66,6 +66,26 @@ def ports_in_use(manifest: Manifest) -> list[str]:
     return taken
 
 
+def free_range(kind: int, count: int, start: int) -> int:
+    """The first base port from ``start`` with ``count`` consecutive free ports."""
+    for base in range(start, 65000, count + 1):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                if kind == socket.SOCK_STREAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("0.0.0.0" if kind == socket.SOCK_DGRAM else "127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError(f"no {count} consecutive free ports above {start}")
+
+
 def last_lines(path: Any, n: int = 3) -> str:
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
