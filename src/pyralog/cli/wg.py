@@ -26,7 +26,7 @@ from pyralog import __version__
 
 DEFAULT_MTU = 1420
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # Runtime's handlers
-TX_QUEUE_PACKETS = 64
+TX_QUEUE_PACKETS = 500
 TX_QUEUE_VARIABLE = "PYRALOG_WG_TXQUEUELEN"
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -113,8 +113,12 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         closers.append(links.close)
         if links.mtu != DEFAULT_MTU:
             links.set_mtu(DEFAULT_MTU)
-        # A short kernel queue in front of the interface: we drain it as fast as we can, so
-        # a long one only holds a bulk sender's backlog and delays everything behind it.
+        # Linux's default queue, as wireguard-go keeps. A shorter one (64, until 2026-12)
+        # cut ping p50 under a bulk TCP stream but dropped 11% of those pings and much of
+        # each ~1 MB write (a replication fetch): TCP retransmitted, and a replicated
+        # cluster produced 2-3x slower. At 500, 1.4% of pings were lost and p50 was 2x
+        # wireguard-go's (docs/BENCHMARKS.md, "TUN queue length"). PYRALOG_WG_TXQUEUELEN
+        # overrides.
         links.set_txqueuelen(tx_queue)
         udp = UdpTransport(0)
         closers.append(udp.close)
