@@ -36,6 +36,9 @@ IMPLEMENTATIONS = {"py": PYRALOG_WG, "go": "wireguard-go"}
 LONG_NAMES = {"py": "pyralog-wg", "go": "wireguard-go"}
 # Variables that change how the daemons behave: never inherited by a benchmarked daemon.
 DAEMON_VARIABLES = ("LOG_LEVEL", "WG_PROCESS_FOREGROUND", "PYRALOG_FORCE_UNDER_LOAD")
+# Inherited on purpose: the benchmarks' knob for pyralog-wg's TUN queue (see
+# ``note_daemon_knobs``, which the harnesses call so a run says when it is not the default).
+DAEMON_KNOBS = ("PYRALOG_WG_TXQUEUELEN",)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -99,6 +102,15 @@ def rss_bytes(pid: int) -> int:
 
 def daemon_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in DAEMON_VARIABLES}
+
+
+def note_daemon_knobs() -> dict[str, str]:
+    """The DAEMON_KNOBS set in this environment (benchmarked daemons inherit them),
+    logged once; empty when every daemon runs with its defaults."""
+    knobs = {k: os.environ[k] for k in DAEMON_KNOBS if os.environ.get(k)}
+    for k, v in knobs.items():
+        print(f"[{time.strftime('%H:%M:%S')}] daemons inherit {k}={v}", file=sys.stderr)
+    return knobs
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 5) -> None:

@@ -177,10 +177,25 @@ def iperf(lab: Lab, pair: Pair, side: str, seconds: float, extra: list[str]) -> 
     raise Skip(f"iperf3 {pair.direction(side)} failed: {last}")
 
 
+def link_stats(pair: Pair, side: str) -> dict:
+    """``side``'s tunnel interface (``ip -s -j link show``): its kernel transmit queue
+    length and the packets dropped there so far (for a TUN device: waiting for its
+    daemon to read them)."""
+    d = pair.daemon[side]
+    out = run(["ip", "-n", pair.ns[side], "-s", "-j", "link", "show", "dev", d.ifname])
+    link = json.loads(out)[0]
+    return {
+        "txqlen": link.get("txqlen"),
+        "tx_dropped": link.get("stats64", {}).get("tx", {}).get("dropped", 0),
+    }
+
+
 def tcp_run(lab: Lab, pair: Pair, side: str, seconds: int) -> dict:
     cpu0 = {s: pair.daemon[s].cpu() for s in "ab"}
+    dropped0 = link_stats(pair, side)["tx_dropped"]
     data = iperf(lab, pair, side, seconds, [])
     cpu = {s: pair.daemon[s].cpu() - cpu0[s] for s in "ab"}
+    dropped = link_stats(pair, side)["tx_dropped"] - dropped0
     end = data["end"]
     received = end["sum_received"]
     moved = received["bytes"]
@@ -191,6 +206,7 @@ def tcp_run(lab: Lab, pair: Pair, side: str, seconds: int) -> dict:
         "bytes": moved,
         "seconds": received["seconds"],
         "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        "tun_tx_dropped_sender": dropped,
         "cpu_seconds_sender_daemon": sender_cpu,
         "cpu_seconds_receiver_daemon": receiver_cpu,
         "cpu_seconds_per_gb": (sender_cpu + receiver_cpu) / (moved / 1e9) if moved else None,
@@ -279,9 +295,11 @@ def ping_under_load(lab: Lab, pair: Pair, side: str, count: int, interval: float
         text=True,
     )
     lab.procs.append(load)
+    dropped0 = link_stats(pair, side)["tx_dropped"]
     try:
         time.sleep(1.0)
         result = ping_samples(pair, side, count, interval)
+        result["tun_tx_dropped_sender"] = link_stats(pair, side)["tx_dropped"] - dropped0
         try:
             out, _ = load.communicate(timeout=seconds + 30)
             data = json.loads(out)
@@ -388,6 +406,10 @@ def measure(s: Settings, results: dict, errors: list[str]) -> None:
             with contextlib.suppress(Skip):
                 pair.check_alive()
             raw[pair.name]["failures"] = pair.failures
+            raw[pair.name]["tunnel_link_at_end"] = {
+                side: attempt(errors, f"link stats {pair.name}", link_stats, pair, side)
+                for side in sides
+            }
             raw[pair.name]["daemon_rss_bytes_after"] = {
                 side: (d.rss() if d.alive() else None) for side, d in pair.daemon.items()
             }

@@ -56,7 +56,7 @@ import handshakes  # noqa: E402
 import memory  # noqa: E402
 import pairs  # noqa: E402
 from harness import Settings, attempt, log, unwind_on_signals  # noqa: E402
-from lab import reap_stale  # noqa: E402
+from lab import note_daemon_knobs, reap_stale  # noqa: E402
 from machine import machine_info, other_namespaces  # noqa: E402
 from stats import fmt  # noqa: E402
 from summary import summarize  # noqa: E402
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         log(f"removed leftovers of an earlier run: {', '.join(stale)}")
     s = Settings.make(args.quick)
+    knobs = note_daemon_knobs()
     started = time.monotonic()
     errors: list[str] = []
     results: dict = {
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory_peers": list(memory.MEMORY_PEERS),
             "pairs": [p[0] for p in pairs.PAIRS],
             "measures": only,
+            **({"daemon_knobs": knobs} if knobs else {}),
         },
         "errors": errors,
     }

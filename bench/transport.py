@@ -50,7 +50,7 @@ if str(BENCH) not in sys.path:
 import replab  # noqa: E402
 from certs import ThrowawayCA  # noqa: E402
 from harness import PORT, finish, log, unwind_on_signals  # noqa: E402
-from lab import CommandError, Lab, reap_stale, run_client  # noqa: E402
+from lab import CommandError, Lab, note_daemon_knobs, reap_stale, run_client  # noqa: E402
 from replab import (  # noqa: E402
     CLIENT,
     HOST_NUMBER,
@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = reap_stale()
     if stale:
         log(f"removed leftovers of an earlier run: {', '.join(stale)}")
+    knobs = note_daemon_knobs()
     started = time.monotonic()
     machine = machine_info()
     units: list[dict[str, Any]] = []
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             "replication_factor": 3,
             "min_insync_replicas": 2,
             "paths": list(paths),
+            **({"daemon_knobs": knobs} if knobs else {}),
         },
         "machine": machine,
         "total_seconds": time.monotonic() - started,

@@ -72,7 +72,12 @@ def daemon_env(**extra: str) -> dict[str, str]:
     return env
 
 
-_DAEMON_VARIABLES = ("LOG_LEVEL", "WG_PROCESS_FOREGROUND", "PYRALOG_FORCE_UNDER_LOAD")
+_DAEMON_VARIABLES = (
+    "LOG_LEVEL",
+    "WG_PROCESS_FOREGROUND",
+    "PYRALOG_FORCE_UNDER_LOAD",
+    "PYRALOG_WG_TXQUEUELEN",
+)
 
 
 def endpoint_text(host: str, port: int) -> str:

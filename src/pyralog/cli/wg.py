@@ -8,6 +8,8 @@ or WG_PROCESS_FOREGROUND=1. LOG_LEVEL=debug|verbose|info|error|silent sets verbo
 for wireguard-go; in the background, logs are kept (on stderr) only when LOG_LEVEL is set.
 PYRALOG_FORCE_UNDER_LOAD=1 makes the interface answer every handshake with a cookie reply
 first, as it does under a handshake flood (for tests and for operators under attack).
+PYRALOG_WG_TXQUEUELEN=N sets the interface's kernel transmit queue to N packets instead
+of TX_QUEUE_PACKETS (for benchmarks, and for operators who want another trade-off).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 from pyralog import __version__
 
 DEFAULT_MTU = 1420
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # Runtime's handlers
-TX_QUEUE_PACKETS = 64
+TX_QUEUE_PACKETS = 500
+TX_QUEUE_VARIABLE = "PYRALOG_WG_TXQUEUELEN"
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "verbose": logging.DEBUG,
@@ -42,12 +46,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="pyralog-wg",
         description="Userspace WireGuard interface (drop-in for wireguard-go).",
         epilog="Environment: WG_PROCESS_FOREGROUND=1 stays in the foreground; "
-        "LOG_LEVEL=debug|verbose|info|error|silent.",
+        "LOG_LEVEL=debug|verbose|info|error|silent; "
+        f"{TX_QUEUE_VARIABLE}=N (kernel transmit queue, default {TX_QUEUE_PACKETS} packets).",
     )
     parser.add_argument("-f", "--foreground", action="store_true", help="do not detach")
     parser.add_argument("--version", action="version", version=f"pyralog-wg {__version__}")
     parser.add_argument("interface", metavar="INTERFACE", help="name of the interface to create")
     return parser.parse_args(argv)
+
+
+def tx_queue_packets(environ: Mapping[str, str] = os.environ) -> int:
+    """The TUN interface's kernel transmit queue, in packets: TX_QUEUE_PACKETS unless
+    PYRALOG_WG_TXQUEUELEN names a positive whole number."""
+    value = environ.get(TX_QUEUE_VARIABLE, "").strip()
+    if not value:
+        return TX_QUEUE_PACKETS
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise StartupError(f"{TX_QUEUE_VARIABLE}: {value!r} is not a positive whole number")
+    return int(value)
 
 
 def setup_logging(level_name: str | None, name: str) -> None:
@@ -86,6 +102,7 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         transforms = from_names(os.environ.get("PYRALOG_TRANSFORMS", ""))
     except ValueError as e:
         raise StartupError(f"PYRALOG_TRANSFORMS: {e}") from None
+    tx_queue = tx_queue_packets()
     try:
         tun = TunInterface(name)
     except TunError as e:
@@ -96,9 +113,13 @@ def build_runtime(name: str):  # -> Runtime (imported lazily: it needs pyroute2 
         closers.append(links.close)
         if links.mtu != DEFAULT_MTU:
             links.set_mtu(DEFAULT_MTU)
-        # A short kernel queue in front of the interface: we drain it as fast as we can, so
-        # a long one only holds a bulk sender's backlog and delays everything behind it.
-        links.set_txqueuelen(TX_QUEUE_PACKETS)
+        # Linux's default queue, as wireguard-go keeps. A shorter one (64, until 2026-12)
+        # cut ping p50 under a bulk TCP stream but dropped 11% of those pings and much of
+        # each ~1 MB write (a replication fetch): TCP retransmitted, and a replicated
+        # cluster produced 2-3x slower. At 500, 1.4% of pings were lost and p50 was 2x
+        # wireguard-go's (docs/BENCHMARKS.md, "TUN queue length"). PYRALOG_WG_TXQUEUELEN
+        # overrides.
+        links.set_txqueuelen(tx_queue)
         udp = UdpTransport(0)
         closers.append(udp.close)
         try:
