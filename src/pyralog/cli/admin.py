@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pyralog.cli import admin_audit
 from pyralog.mesh import http
 from pyralog.mesh.keyfile import KeyFileError, write_secret
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names the file instead of holding the config",
     )
 
+    admin_audit.add_parser(sub)
     cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action")
     cluster.add_parser(
         "status", help="every member (with --host: the log cluster's brokers and controller)"
@@ -291,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     action = (args.area, getattr(args, "action", None))
+    if args.area == "audit":
+        return admin_audit.run(args)
     log_actions = {("cluster", "status"), ("partition", "list"), ("replication", "check")}
     if args.host is not None and action in log_actions:
         from pyralog.cli import admin_log
