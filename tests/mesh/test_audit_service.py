@@ -12,7 +12,7 @@ from pyralog.mesh.audit_sessions import PeerCounters
 
 
 def test_events_and_sessions_land_in_a_verifiable_trail(tmp_path: Path) -> None:
-    trail = AuditTrail.open(tmp_path)
+    trail = AuditTrail.open(tmp_path / "audit.jsonl")
     assert trail.trail is not None and trail.public_key
     trail.record("enrolled", {"node_id": "node-1"})
     counters = {"rx": 0}
@@ -39,12 +39,22 @@ def test_events_and_sessions_land_in_a_verifiable_trail(tmp_path: Path) -> None:
 
 
 def test_a_damaged_trail_disables_the_trail_and_says_why(tmp_path: Path) -> None:
-    AuditTrail.open(tmp_path).record("enrolled", {"node_id": "a"})
-    AuditTrail.open(tmp_path).record("enrolled", {"node_id": "b"})
+    AuditTrail.open(tmp_path / "audit.jsonl").record("enrolled", {"node_id": "a"})
+    AuditTrail.open(tmp_path / "audit.jsonl").record("enrolled", {"node_id": "b"})
     path = tmp_path / "audit.jsonl"
     lines = path.read_text().splitlines()
     path.write_text(lines[1] + "\n")  # the first entry removed
-    trail = AuditTrail.open(tmp_path)
+    trail = AuditTrail.open(tmp_path / "audit.jsonl")
     assert trail.trail is None and "line 1" in trail.reason
     trail.record("enrolled", {"node_id": "c"})  # nothing appended
     assert path.read_text().splitlines() == [lines[1]]
+
+
+def test_an_old_unsigned_log_is_moved_aside(tmp_path: Path) -> None:
+    old = tmp_path / "audit.log"
+    old.write_text('{"event": "node_enrolled", "time": 1}\n')
+    trail = AuditTrail.open(old)
+    trail.record("node_enrolled", {"node_id": "a"})
+    assert (tmp_path / "audit.log.unsigned").read_text().startswith('{"event"')
+    public = audit.public_from_text((tmp_path / "audit.pub").read_text())
+    assert audit.verify(old.read_text().splitlines(), public) == (1, None)

@@ -1,9 +1,9 @@
 """The audit trail of a running coordinator or node: its files, its events, its sessions.
 
-``AuditTrail.open(directory)`` keeps ``audit.jsonl`` (the trail), ``audit.key`` (the
-ML-DSA-65 seed, 0600) and ``audit.pub`` in the process's directory, next to its
-WireGuard key. ``record`` appends an event at once (enrolments, removals, revocations,
-key changes, policy changes); ``run_sessions`` appends per-peer session records every
+``AuditTrail.open(path)`` keeps the trail at ``path`` (the coordinator's ``audit_log``),
+``audit.key`` (the ML-DSA-65 seed, 0600) and ``audit.pub`` beside it. ``record``
+appends an event at once (enrolments, removals, revocations, key changes, policy
+changes); ``run_sessions`` appends per-peer session records every
 ``interval`` seconds from the backend's counters (``audit_sessions``). A trail that
 does not verify at start-up is not appended to: the process says so and goes on
 without an audit trail rather than chaining onto a damaged one, and ``pyralog-admin
@@ -34,10 +34,14 @@ class AuditTrail:
         self.sessions = Sessions()
 
     @classmethod
-    def open(cls, directory: Path) -> AuditTrail:
+    def open(cls, path: Path) -> AuditTrail:
+        """The trail at ``path``, its key (``audit.key``) and ``audit.pub`` beside it. A
+        file of unsigned lines (what coordinators wrote before the trail was signed) is
+        moved aside to ``<name>.unsigned`` and a new trail begins."""
         try:
-            key = audit.load_or_create_signing_key(directory / "audit.key")
-            return cls(audit.AuditLog(directory / "audit.jsonl", key))
+            _move_unsigned(path)
+            key = audit.load_or_create_signing_key(path.with_name("audit.key"))
+            return cls(audit.AuditLog(path, key))
         except (audit.AuditError, OSError) as e:
             log.error("audit trail disabled: %s", e)
             return cls(None, str(e))
@@ -67,3 +71,15 @@ class AuditTrail:
                 for data in self.sessions.observe(time.time(), snapshot):
                     self.record("session", data)
             await asyncio.sleep(tick)
+
+
+def _move_unsigned(path: Path) -> None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return
+    if first.strip() and '"sig"' not in first:
+        aside = path.with_name(path.name + ".unsigned")
+        path.rename(aside)
+        log.warning("audit trail: %s held unsigned lines; moved to %s", path, aside)
