@@ -58,3 +58,24 @@ def test_an_old_unsigned_log_is_moved_aside(tmp_path: Path) -> None:
     assert (tmp_path / "audit.log.unsigned").read_text().startswith('{"event"')
     public = audit.public_from_text((tmp_path / "audit.pub").read_text())
     assert audit.verify(old.read_text().splitlines(), public) == (1, None)
+
+
+def test_the_coordinator_signs_its_trail() -> None:
+    import subprocess
+    import sys
+
+    from meshlab import mesh_lab
+
+    with mesh_lab() as lab:
+        coordinator = lab.start_coordinator()
+        token = lab.token()
+        node = lab.start_node("node-1", token)
+        lab.wait_peers(node, {"coordinator"}, 15)
+        lab.admin("node", "remove", "node-1")
+        trail = coordinator.directory / "audit.log"
+        done = subprocess.run([sys.executable, "-m", "pyralog.cli.admin", "audit", "verify",
+                               "--file", str(trail)], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        kinds = [e["kind"] for e in audit.entries(trail.read_text().splitlines())]
+        assert "node_enrolled" in kinds and "node_removed" in kinds, kinds
+        assert oct((coordinator.directory / "audit.key").stat().st_mode & 0o777) == "0o600"

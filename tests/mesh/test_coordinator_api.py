@@ -113,8 +113,13 @@ async def settle(condition: Callable[[], bool]) -> None:
 
 
 def audit_events(service: CoordinatorService) -> list[dict[str, Any]]:
-    text = service.config.audit_log.read_text()
-    return [json.loads(line) for line in text.splitlines()]
+    """The trail's entries as events (kind, time, data), after checking the chain."""
+    from pyralog.mesh import audit
+
+    lines = service.config.audit_log.read_text().splitlines()
+    public = audit.public_from_text(service.config.audit_log.with_name("audit.pub").read_text())
+    assert audit.verify(lines, public)[1] is None
+    return [{"event": e["kind"], "time": e["time"], **e["data"]} for e in audit.entries(lines)]
 
 
 # -- start-up -------------------------------------------------------------------------

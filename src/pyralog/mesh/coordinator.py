@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 from pyralog.link.control import PeerChange, SetRequest
 from pyralog.mesh import http
 from pyralog.mesh.api import CoordinatorApi
+from pyralog.mesh.audit_service import AuditTrail
 from pyralog.mesh.coordinator_config import CoordinatorConfig
 from pyralog.mesh.diff import Wanted, plan
 from pyralog.mesh.enrollment import Enrollment
@@ -68,7 +68,7 @@ class CoordinatorService:
         self._recent: dict[str, tuple[str, float]] = {}  # key -> (provisional address, until)
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[Any] = []
-        self._audit_file: Any = None
+        self.trail: AuditTrail | None = None
         self.public_key = ""
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -89,7 +89,9 @@ class CoordinatorService:
         self.log_store = open_log_store(cfg.store, cfg.base)
         if await self.registry.publish_settings(self.settings):
             _log("published topology and policy to the store")
-        self._audit_file = open(cfg.audit_log, "a", encoding="utf-8")  # noqa: SIM115
+        self.trail = AuditTrail.open(cfg.audit_log)
+        if self.trail.trail is None:
+            _log(f"audit trail disabled: {self.trail.reason}")
         prefix = cfg.settings.network.prefixlen
         interface = InterfaceConfig(
             key,
@@ -163,8 +165,6 @@ class CoordinatorService:
         if self.log_store is not None:
             await self.log_store.close()
         self.config.admin_socket.unlink(missing_ok=True)
-        if self._audit_file is not None:
-            self._audit_file.close()
 
     # -- keeping the Device in step with the store ---------------------------------------
 
@@ -227,10 +227,9 @@ class CoordinatorService:
         self._write_audit({"event": event, **fields})
 
     def _write_audit(self, line: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 3), **line}
-        if self._audit_file is not None:
-            self._audit_file.write(json.dumps(record, sort_keys=True) + "\n")
-            self._audit_file.flush()
+        if self.trail is not None:
+            fields = {k: v for k, v in line.items() if k != "event"}
+            self.trail.record(str(line["event"]), fields)
         if str(line.get("event", "")).startswith("enrollment_refused"):
             _log(f"{line['event']}: key {line.get('public_key')} from {line.get('endpoint')}")
 
