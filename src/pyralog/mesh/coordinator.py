@@ -24,6 +24,7 @@ from pyralog.link.control import PeerChange, SetRequest
 from pyralog.mesh import http
 from pyralog.mesh.api import CoordinatorApi
 from pyralog.mesh.audit_service import AuditTrail
+from pyralog.mesh.audit_sessions import PeerCounters
 from pyralog.mesh.coordinator_config import CoordinatorConfig
 from pyralog.mesh.diff import Wanted, plan
 from pyralog.mesh.enrollment import Enrollment
@@ -68,7 +69,7 @@ class CoordinatorService:
         self._recent: dict[str, tuple[str, float]] = {}  # key -> (provisional address, until)
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[Any] = []
-        self.trail: AuditTrail | None = None
+        self.trail = AuditTrail(None, "not started")
         self.public_key = ""
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -123,6 +124,7 @@ class CoordinatorService:
         self._tasks = [
             asyncio.create_task(self._watch_store()),
             asyncio.create_task(self._housekeeping()),
+            asyncio.create_task(self.trail.run_sessions(self._peer_counters)),
         ]
         _log(
             f"cluster {cfg.cluster_id!r}, mesh {cfg.settings.network}, public key {self.public_key}"
@@ -227,11 +229,21 @@ class CoordinatorService:
         self._write_audit({"event": event, **fields})
 
     def _write_audit(self, line: dict[str, Any]) -> None:
-        if self.trail is not None:
-            fields = {k: v for k, v in line.items() if k != "event"}
-            self.trail.record(str(line["event"]), fields)
+        fields = {k: v for k, v in line.items() if k != "event"}
+        self.trail.record(str(line["event"]), fields)
         if str(line.get("event", "")).startswith("enrollment_refused"):
             _log(f"{line['event']}: key {line.get('public_key')} from {line.get('endpoint')}")
+
+    async def _peer_counters(self) -> list[PeerCounters]:
+        """Each member's session counters, for the audit trail's session entries."""
+        assert self.tunnel is not None
+        out = []
+        for peer in self.tunnel.device.peers():
+            key = peer.public_key.to_base64()
+            member = self._members.get(key)
+            name = member.node_id if member is not None else key
+            out.append(PeerCounters(name, key, peer.last_handshake, peer.rx_bytes, peer.tx_bytes))
+        return out
 
     # -- what the API asks --------------------------------------------------------------
 
