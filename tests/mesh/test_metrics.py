@@ -239,3 +239,15 @@ def test_node_and_coordinator_metrics_end_to_end() -> None:
 
         assert wait_until(lambda: refusals() >= 1, 20), refusals()
         assert _value(_local(coordinator_local), "pyralog_mesh_enrollment_admitted_total") == 2
+
+
+def test_a_taken_local_port_is_one_clear_error() -> None:
+    with mesh_lab() as lab, socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        lab.start_coordinator()
+        extra = f'[metrics]\nlisten = "127.0.0.1:{taken}"\n'
+        node = lab.start_node("n1", lab.token(), extra=extra, wait=False)
+        assert node.process.wait(20) != 0
+        assert f"wireguard.toml: [metrics] listen: 127.0.0.1:{taken}:" in node.output()

@@ -388,11 +388,15 @@ class MeshNode:
 
             self.metrics = metrics.MetricsEndpoint([peers], refresh)
         for address in backend.network.addresses:
-            server = await backend.network.start_server(
-                lambda r, w: http.serve_connection(r, w, self._metrics_mesh),
-                host=str(address),
-                port=settings.port,
-            )
+            try:
+                server = await backend.network.start_server(
+                    lambda r, w: http.serve_connection(r, w, self._metrics_mesh),
+                    host=str(address),
+                    port=settings.port,
+                )
+            except OSError as e:  # a host socket (userspace, kernel): the port may be taken
+                where = f"{self.config.path}: [metrics] port: {address}:{settings.port}"
+                raise NodeError(f"{where}: {e.strerror or e}") from None
             self._servers.append(server)
         if settings.listen is not None:
             host, port = settings.listen
@@ -401,9 +405,8 @@ class MeshNode:
                     lambda r, w: http.serve_connection(r, w, self.metrics.handle), host, port
                 )
             except OSError as e:
-                raise NodeError(
-                    f"{self.config.path}: [metrics] listen: {host}:{port}: {e}"
-                ) from None
+                where = f"{self.config.path}: [metrics] listen: {host}:{port}"
+                raise NodeError(f"{where}: {e.strerror or e}") from None
             self._servers.append(local)
             _log(f"metrics on {_endpoint_text(host, port)} (local) and port {settings.port}")
 
