@@ -11,21 +11,31 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import socket
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlab import MeshLab, Proc, mesh_lab
+from netns import missing_tools
 from ports import free_port
 from processes import wait_until
 from pyralog.mesh import config, coordinator_config, http
-from pyralog.mesh.metrics import DeviceCollector, EnrollmentCollector, MetricsEndpoint
+from pyralog.mesh.backend import PeerStatus
+from pyralog.mesh.metrics import (
+    DeviceCollector,
+    EnrollmentCollector,
+    MetricsEndpoint,
+    PeersCollector,
+)
 from pyralog.mesh.token import JoinToken
 from pyralog.net import EmbeddedNetwork
 from pyralog.wireguard.config import load
+from tunmesh import ENROLL_TIMEOUT, tun_lab
 
 from wgsim import WALL_OFFSET, make_pair
 
@@ -97,6 +107,25 @@ def test_enrollment_collector_by_reason() -> None:
     assert _value(samples, refused, reason="no_token") == 3
     assert _value(samples, refused, reason="revoked") == 0
     assert _value(samples, refused, reason="new_reason") == 1
+
+
+def test_peers_collector_gives_what_backend_peers_gives() -> None:
+    """Userspace and kernel backends: bytes and handshake age, refreshed per scrape."""
+    key = make_pair().b_key.public_key
+    collector = PeersCollector(lambda: {key.to_base64(): "n2"}, lambda: 1000.0)
+    calls = []
+
+    async def refresh() -> None:
+        calls.append(1)
+        collector.snapshot = [PeerStatus(key, None, (), 990.0, 10 * len(calls), 5)]
+
+    endpoint = MetricsEndpoint([collector], refresh)
+    assert _bytes(_scrape(endpoint), "n2") == (10, 5)
+    samples = _scrape(endpoint)
+    assert _bytes(samples, "n2") == (20, 5)
+    assert _value(samples, "pyralog_wireguard_peer_last_handshake_age_seconds", peer="n2") == 10
+    assert _value(samples, "pyralog_wireguard_peers") == 1
+    assert not any(name.endswith("_packets_total") for name, _ in samples)
 
 
 def test_two_endpoints_in_one_process_do_not_share_a_registry() -> None:
@@ -211,10 +240,10 @@ def test_node_and_coordinator_metrics_end_to_end() -> None:
         # Over the mesh: an admin member may scrape, a client (node:9092 only) may not.
         n1_address = lab.address_of(n1)
 
-        async def over_mesh(path: str) -> tuple[int, str]:
+        async def over_mesh(path: str, address: str = n1_address) -> tuple[int, str]:
             net = await EmbeddedNetwork.start(load(path))
             try:
-                return await _get(lambda: net.open_connection(n1_address, 9100))
+                return await _get(lambda: net.open_connection(address, 9100))
             finally:
                 await net.close()
 
@@ -223,6 +252,11 @@ def test_node_and_coordinator_metrics_end_to_end() -> None:
         assert _value(_samples(body), "pyralog_wireguard_peer_sent_bytes_total", peer="n2")
         status, body = asyncio.run(over_mesh(str(conf)))
         assert status == 403, body
+        # The coordinator's, over the mesh, to an admin (it has no path from a client).
+        address = str(JoinToken.decode(token).coordinator_address)
+        status, body = asyncio.run(over_mesh(str(ops), address))
+        assert status == 200, body
+        assert _value(_samples(body), "pyralog_mesh_enrollment_admitted_total") == 2
 
         # The coordinator: two admitted enrollments, then one with a wrong secret.
         coordinator = _local(coordinator_local)
@@ -251,3 +285,32 @@ def test_a_taken_local_port_is_one_clear_error() -> None:
         node = lab.start_node("n1", lab.token(), extra=extra, wait=False)
         assert node.process.wait(20) != 0
         assert f"wireguard.toml: [metrics] listen: 127.0.0.1:{taken}:" in node.output()
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.skipif(bool(missing_tools()) or not shutil.which("curl"), reason="needs TUN tools")
+def test_userspace_backend_exports_what_peers_gives(tmp_path: Path) -> None:
+    """A TUN node (``pyralog-wg``): bytes and handshake age from ``Backend.peers()``,
+    scraped with curl from the other node's namespace, through the kernel."""
+    with tun_lab(tmp_path) as make:
+        names = ["node-1", "node-2"]
+        t = make(names)
+        t.start_coordinator()
+        t.start_nodes(names, t.mesh.token(reusable=True))
+        for name in names:
+            t.mesh.wait_peers(t.nodes[name], {"coordinator", *names} - {name}, ENROLL_TIMEOUT)
+        target = t.address("node-2")
+        url = f"http://{target}:9100/metrics"
+
+        def scrape() -> Samples:
+            done = t.namespaces["node-1"].run("curl", "-sS", "--max-time", "10", url)
+            return _samples(done.stdout)
+
+        scrape()  # the first one makes traffic between the two
+        samples = scrape()
+        rx, tx = _bytes(samples, "node-1")
+        assert rx > 0 and tx > 0
+        age = _value(samples, "pyralog_wireguard_peer_last_handshake_age_seconds", peer="node-1")
+        assert age is not None and 0 <= age < 60
+        assert not any(name.endswith("_packets_total") for name, _ in samples)
