@@ -272,6 +272,10 @@ def test_handshake_retries_every_rekey_timeout_then_gives_up() -> None:
     assert REKEY_ATTEMPT_TIME <= failed[0].time - 1_700_000_000.0 <= REKEY_ATTEMPT_TIME + 6.0
     assert failed[0].dropped_packets == 1
     assert pair.a.drops["handshake_gave_up"] == 1
+    # The cumulative counters metrics read: every initiation sent, one attempt given up.
+    peer_b = pair.a.get_peer(pair.b_key.public_key)
+    assert peer_b is not None
+    assert (peer_b.handshake_initiations, peer_b.handshake_failures) == (len(inits), 1)
     peer_b = pair.a.get_peer(pair.b_key.public_key)
     assert peer_b is not None and not peer_b.staged
 

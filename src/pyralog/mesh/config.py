@@ -1,8 +1,9 @@
 """``wireguard.toml``: a node's mesh configuration, read with ``tomllib``.
 
 The sections and keys are the product document's (``[wireguard]``, ``[interface]``,
-``[bootstrap]``, ``[[peer]]``) plus ``[log]`` (the node's broker), checked strictly:
-an unknown section or key is an error, and every error names the file, the section and the key, e.g.
+``[bootstrap]``, ``[[peer]]``) plus ``[log]`` (the node's broker) and ``[metrics]``
+(Prometheus), checked strictly: an unknown section or key is an error, and every error
+names the file, the section and the key, e.g.
 ``wireguard.toml: [interface] listen_port: expected 1-65535, got "abc"``. Sections of
 features still to come (``[dpi_evasion]``, ``[quantum_resistance]``, ``[rosenpass]``,
 ``[encryption]``, and the document's ``[boringtun]``) are accepted and reported in
@@ -94,6 +95,40 @@ class LogSettings:
     rack: str | None = None
 
 
+DEFAULT_METRICS_PORT = 9100
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]`` (a node's and the coordinator's): Prometheus ``GET /metrics`` on the
+    mesh address (``port``; who may scrape is the role policy's call), and, only if
+    ``listen`` is set, on that local address too (e.g. ``127.0.0.1:9101``) for a
+    scraper on the same host that is no mesh member."""
+
+    enabled: bool = True
+    port: int = DEFAULT_METRICS_PORT
+    listen: tuple[str, int] | None = None
+
+
+def metrics_section(path: str, table: Mapping[str, Any]) -> MetricsSettings:
+    if not isinstance(table, Mapping):
+        raise MeshConfigError(f"{path}: metrics: expected a [metrics] table")
+    section = Section(path, "[metrics]", table)
+    enabled = section.get("enabled", bool, True)
+    port = section.integer("port", 1, 65535, DEFAULT_METRICS_PORT)
+    text = section.get("listen", str)
+    listen = None
+    if text is not None:
+        try:
+            host, listen_port = parse_endpoint(text)
+            ipaddress.ip_address(host)
+        except (EndpointError, ValueError):
+            raise section.error("listen", f"expected IP:PORT, got {show(text)}") from None
+        listen = (host, listen_port)
+    section.finish()
+    return MetricsSettings(enabled, port, listen)
+
+
 @dataclass(frozen=True)
 class MeshConfig:
     path: str
@@ -108,6 +143,7 @@ class MeshConfig:
     peers: tuple[StaticPeer, ...]
     notices: tuple[str, ...] = field(default=())
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def _port_text(where: str, text: str) -> int:
@@ -155,7 +191,7 @@ def parse(
     overrides = _environment(env or {}, notices)
     base = Path(path).parent
 
-    known = {"wireguard", "interface", "bootstrap", "peer", "log", *RESERVED}
+    known = {"wireguard", "interface", "bootstrap", "peer", "log", "metrics", *RESERVED}
     for name, value in doc.items():
         if name not in known:
             raise MeshConfigError(f"{path}: [{name}]: unknown section")
@@ -267,6 +303,7 @@ def parse(
         peers=peers,
         notices=tuple(notices),
         log=_log_section(path, base, doc.get("log", {})),
+        metrics=metrics_section(path, doc.get("metrics", {})),
     )
 
 

@@ -71,6 +71,7 @@ class CoordinatorService:
         self._servers: list[Any] = []
         self.trail = AuditTrail(None, "not started")
         self.public_key = ""
+        self.metrics: Any = None  # pyralog.mesh.metrics.MetricsEndpoint, if enabled
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class CoordinatorService:
             port=cfg.api_port,
         )
         self._servers.append(server)
+        await self._serve_metrics()
         cfg.admin_socket.unlink(missing_ok=True)
         old_umask = os.umask(0o177)  # the socket is born 0600: admin authority
         try:
@@ -133,6 +135,50 @@ class CoordinatorService:
             f"WireGuard on UDP {self.tunnel.listen_port}, API on {cfg.address}:{cfg.api_port} "
             f"(mesh only), admin socket {cfg.admin_socket}, store {store.url}"
         )
+
+    async def _serve_metrics(self) -> None:
+        """Prometheus ``GET /metrics`` (``[metrics]``): the Device's counters and the
+        enrollment decisions, on the mesh address (members whose role the policy lets
+        reach the port) and on ``listen`` if set."""
+        settings = self.config.metrics
+        if not settings.enabled:
+            return
+        from pyralog.mesh import metrics
+
+        assert self.tunnel is not None
+        self.metrics = metrics.MetricsEndpoint([
+            metrics.DeviceCollector(self.tunnel.device, self._names),
+            metrics.EnrollmentCollector(lambda: self.enrollment.counters),
+        ])  # fmt: skip
+        server = await self.tunnel.start_server(
+            lambda r, w: http.serve_connection(r, w, self._metrics_mesh),
+            host=str(self.config.address),
+            port=settings.port,
+        )
+        self._servers.append(server)
+        if settings.listen is not None:
+            host, port = settings.listen
+            try:
+                local = await asyncio.start_server(
+                    lambda r, w: http.serve_connection(r, w, self.metrics.handle), host, port
+                )
+            except OSError as e:
+                where = f"{self.config.path}: [metrics] listen: {host}:{port}"
+                raise OSError(e.errno, f"{where}: {e.strerror}") from None
+            self._servers.append(local)
+            _log(f"metrics on {host}:{port} (local) and port {settings.port}")
+
+    def _names(self) -> dict[str, str]:
+        return {key: record.node_id for key, record in self._members.items()}
+
+    async def _metrics_mesh(self, request: http.Request) -> http.Response:
+        """Only members whose role the policy lets reach this port on the coordinator."""
+        key = self.key_of(request.peer[0]) if request.peer else None
+        member = self.member(key) if key is not None else None
+        port = self.config.metrics.port
+        if member is None or not self.settings.policy.permits(member.role, "coordinator", port):
+            return http.Response(403, {"error": f"may not reach port {port} here"})
+        return await self.metrics.handle(request)
 
     async def reload(self) -> None:
         """SIGHUP: re-read the topology and policy from the config file and push them

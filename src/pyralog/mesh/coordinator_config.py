@@ -22,6 +22,11 @@
     [policy]                           # what each role may reach (see pyralog.mesh.policy)
     client = ["node:9092"]
 
+    [metrics]                          # Prometheus GET /metrics (see pyralog.mesh.metrics)
+    enabled = true
+    port = 9100                        # on the mesh address; the policy decides who
+    listen = "127.0.0.1:9101"          # also here (default: not served locally)
+
 Paths are relative to the file's directory. Every error names the file, table and key.
 """
 
@@ -31,10 +36,11 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyralog.mesh.config import MetricsSettings, metrics_section
 from pyralog.mesh.policy import DEFAULT_POLICY, TOPOLOGIES, MeshSettings, Policy, PolicyError
 from pyralog.mesh.tomlsection import ConfigError, Section
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
@@ -56,6 +62,7 @@ class CoordinatorConfig:
     admin_socket: Path
     audit_log: Path
     settings: MeshSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -> CoordinatorConfig:
@@ -64,7 +71,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"coordinator", "topology", "regions", "policy"})
+    unknown = sorted(set(data) - {"coordinator", "topology", "regions", "policy", "metrics"})
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
     c = Section(path, "[coordinator]", data.get("coordinator", {}))
@@ -146,6 +153,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
     except PolicyError as e:
         raise ConfigError(str(e)) from None
     settings = MeshSettings(network, kind, tuple(hubs), regions, policy)
+    metrics = metrics_section(path, data.get("metrics", {}))
     return CoordinatorConfig(
         path,
         cluster_id,
@@ -159,6 +167,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         admin_socket,
         audit_log,
         settings,
+        metrics,
     )
 
 

@@ -60,12 +60,15 @@ class Request:
 @dataclass
 class Response:
     status: int
-    body: Any = None  # JSON-serializable
+    body: Any = None  # JSON-serializable, or bytes sent as they are (``content_type``)
     # Runs once the answer is written (or the connection failed), then the connection
     # closes: for a change that would cut the path the answer travels on.
     after: Callable[[], None] | None = None
+    content_type: str = "application/json"  # e.g. the Prometheus text format's
 
     def encoded(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
         return b"" if self.body is None else json.dumps(self.body).encode()
 
 
@@ -86,9 +89,13 @@ async def _read_event(
 
 
 async def _send(
-    writer: asyncio.StreamWriter, conn: h11.Connection, status: int, body: bytes
+    writer: asyncio.StreamWriter,
+    conn: h11.Connection,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
 ) -> None:
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    headers = [("content-type", content_type), ("content-length", str(len(body)))]
     writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
     writer.write(conn.send(h11.Data(data=body)))
     writer.write(conn.send(h11.EndOfMessage()))
@@ -138,7 +145,7 @@ async def serve_connection(
                 response = Response(500, {"error": f"internal error: {type(e).__name__}: {e}"})
                 body = response.encoded()
             try:
-                await _send(writer, conn, response.status, body)
+                await _send(writer, conn, response.status, body, response.content_type)
             finally:
                 if response.after is not None:
                     response.after()

@@ -525,6 +525,7 @@ class Device:
         timers = peer.timers
         dropped = len(peer.staged)
         self.drops["handshake_gave_up"] += dropped
+        peer.handshake_failures += 1
         peer.staged.clear()
         timers.send_keepalive = None
         self._forget_handshake(peer)
@@ -611,6 +612,7 @@ class Device:
             return False
         datagram = peer.cookies.add_macs(msg.pack(), now)
         self._transmit_handshake(peer, datagram, now)
+        peer.handshake_initiations += 1
         timers.on_handshake_initiated(now)
         return True
 

@@ -26,6 +26,8 @@ class Peer:
         "cookies",
         "endpoint",
         "handshake",
+        "handshake_failures",
+        "handshake_initiations",
         "keypairs",
         "last_handshake",
         "provisional",
@@ -60,6 +62,10 @@ class Peer:
         self.tx_bytes = 0
         self.rx_packets = 0
         self.tx_packets = 0
+        # Cumulative, for metrics: initiations sent, and attempts given up (REKEY_ATTEMPT_TIME
+        # unanswered). ``timers.handshake_attempts`` is per attempt and resets.
+        self.handshake_initiations = 0
+        self.handshake_failures = 0
         self.last_handshake: float | None = None  # wall-clock seconds, for `wg show`
         self.wake = math.inf  # earliest deadline already in the Device's heap
         self.removed = False
