@@ -79,3 +79,9 @@ def test_the_coordinator_signs_its_trail() -> None:
         kinds = [e["kind"] for e in audit.entries(trail.read_text().splitlines())]
         assert "node_enrolled" in kinds and "node_removed" in kinds, kinds
         assert oct((coordinator.directory / "audit.key").stat().st_mode & 0o777) == "0o600"
+        # The node keeps its own trail, signed with its own key, beside its WireGuard key.
+        mine = node.directory / "audit.log"
+        public = audit.public_from_text((node.directory / "audit.pub").read_text())
+        lines = mine.read_text().splitlines()
+        assert audit.verify(lines, public) == (len(lines), None)
+        assert audit.entries(lines)[0]["kind"] == "started"

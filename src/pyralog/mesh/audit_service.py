@@ -83,3 +83,14 @@ def _move_unsigned(path: Path) -> None:
         aside = path.with_name(path.name + ".unsigned")
         path.rename(aside)
         log.warning("audit trail: %s held unsigned lines; moved to %s", path, aside)
+
+
+async def backend_counters(backend: Any, names: Callable[[], dict[str, str]]) -> list[PeerCounters]:
+    """A node's peers as its backend reports them (any of the three), named by node id."""
+    known = names()
+    out = []
+    for p in await backend.peers():
+        key = p.public_key.to_base64()
+        out.append(PeerCounters(known.get(key, key), key, p.last_handshake, p.rx_bytes,
+                                p.tx_bytes))  # fmt: skip
+    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import os
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 from pyralog.link.control import ConfigChangeError, PeerChange, SetRequest
 from pyralog.mesh import http
 from pyralog.mesh.agent import Agent
+from pyralog.mesh.audit_service import AuditTrail, backend_counters
 from pyralog.mesh.backend import Backend, BackendSpec, choose, start_backend
 from pyralog.mesh.config import MeshConfig, MeshConfigError
 from pyralog.mesh.diff import Wanted
@@ -211,10 +213,15 @@ class MeshNode:
             except http.HttpError as e:
                 _log(f"coordinator not reachable yet ({e}); starting with the last known peers")
             await self._greet_peers()
+            # The node's own signed trail (its sessions with each peer), beside its key.
+            trail = AuditTrail.open(cfg.private_key_file.with_name("audit.log"))
+            trail.record("started", {"node_id": self.state.node_id, "address": self.state.address})
+            counters = functools.partial(backend_counters, self.backend, self._names)
             self._tasks += [
                 asyncio.create_task(self.agent.run()),
                 asyncio.create_task(self.agent.report_loop()),
                 asyncio.create_task(self._remember_roaming()),
+                asyncio.create_task(trail.run_sessions(counters)),
             ]
         else:
             from pyralog.mesh.diff import plan
