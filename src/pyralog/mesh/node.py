@@ -361,7 +361,9 @@ class MeshNode:
                 port=INFO_PORT,
             )
             self._servers.append(server)
-        await self._serve_metrics()
+        from pyralog.mesh import node_metrics
+
+        await node_metrics.serve(self)
         self.socket_path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
@@ -372,58 +374,6 @@ class MeshNode:
         finally:
             os.umask(old)
         self._servers.append(local)
-
-    async def _serve_metrics(self) -> None:
-        """Prometheus ``GET /metrics`` (``[metrics]``): on the mesh address for members
-        the role policy lets reach the port, and on ``listen`` if set (a local scraper)."""
-        settings = self.config.metrics
-        if not settings.enabled:
-            return
-        from pyralog.mesh import metrics
-        from pyralog.mesh.backend_embedded import EmbeddedBackend
-
-        assert self.backend is not None
-        backend = self.backend
-        if isinstance(backend, EmbeddedBackend):
-            self.metrics = metrics.MetricsEndpoint([metrics.DeviceCollector(
-                backend.tunnel.device, self._names)])  # fmt: skip
-        else:
-            peers = metrics.PeersCollector(self._names)
-
-            async def refresh() -> None:
-                peers.snapshot = await backend.peers()
-
-            self.metrics = metrics.MetricsEndpoint([peers], refresh)
-        for address in backend.network.addresses:
-            try:
-                server = await backend.network.start_server(
-                    lambda r, w: http.serve_connection(r, w, self._metrics_mesh),
-                    host=str(address),
-                    port=settings.port,
-                )
-            except OSError as e:  # a host socket (userspace, kernel): the port may be taken
-                where = f"{self.config.path}: [metrics] port: {address}:{settings.port}"
-                raise NodeError(f"{where}: {e.strerror or e}") from None
-            self._servers.append(server)
-        if settings.listen is not None:
-            host, port = settings.listen
-            try:
-                local = await asyncio.start_server(
-                    lambda r, w: http.serve_connection(r, w, self.metrics.handle), host, port
-                )
-            except OSError as e:
-                where = f"{self.config.path}: [metrics] listen: {host}:{port}"
-                raise NodeError(f"{where}: {e.strerror or e}") from None
-            self._servers.append(local)
-            _log(f"metrics on {_endpoint_text(host, port)} (local) and port {settings.port}")
-
-    async def _metrics_mesh(self, request: http.Request) -> http.Response:
-        """Metrics over the mesh: the same check as the identity service's."""
-        peer = request.peer[0] if request.peer else ""
-        port = self.config.metrics.port
-        if self.state is not None and not self.directory.permits(peer, port):
-            return http.Response(403, {"error": f"{peer} may not reach port {port} here"})
-        return await self.metrics.handle(request)
 
     def _names(self) -> dict[str, str]:
         """Public key -> node id of the peers this node knows (metrics' ``peer`` label)."""
