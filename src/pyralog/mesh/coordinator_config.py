@@ -22,6 +22,10 @@
     [policy]                           # what each role may reach (see pyralog.mesh.policy)
     client = ["node:9092"]
 
+    [health]                           # cluster status: latest handshake's age, seconds
+    healthy_within = 120               # under this: healthy
+    down_after = 180                   # up to this: degraded; older: down
+
 Paths are relative to the file's directory. Every error names the file, table and key.
 """
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyralog.mesh.health import DOWN_AFTER, HEALTHY_WITHIN, HealthThresholds
 from pyralog.mesh.policy import DEFAULT_POLICY, TOPOLOGIES, MeshSettings, Policy, PolicyError
 from pyralog.mesh.tomlsection import ConfigError, Section
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
@@ -56,6 +61,7 @@ class CoordinatorConfig:
     admin_socket: Path
     audit_log: Path
     settings: MeshSettings
+    health: HealthThresholds = HealthThresholds()  # noqa: RUF009 (frozen, shared)
 
 
 def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -> CoordinatorConfig:
@@ -64,7 +70,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"coordinator", "topology", "regions", "policy"})
+    unknown = sorted(set(data) - {"coordinator", "topology", "regions", "policy", "health"})
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
     c = Section(path, "[coordinator]", data.get("coordinator", {}))
@@ -146,6 +152,14 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
     except PolicyError as e:
         raise ConfigError(str(e)) from None
     settings = MeshSettings(network, kind, tuple(hubs), regions, policy)
+    h = Section(path, "[health]", data.get("health", {}))
+    healthy_within = h.get("healthy_within", (int, float), HEALTHY_WITHIN)
+    down_after = h.get("down_after", (int, float), DOWN_AFTER)
+    h.finish()
+    try:
+        health = HealthThresholds(float(healthy_within), float(down_after))
+    except ValueError as e:
+        raise h.error("healthy_within", str(e)) from None
     return CoordinatorConfig(
         path,
         cluster_id,
@@ -159,6 +173,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         admin_socket,
         audit_log,
         settings,
+        health,
     )
 
 
