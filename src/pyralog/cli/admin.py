@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from pyralog.mesh import http
 from pyralog.mesh.keyfile import KeyFileError, write_secret
+from pyralog.mesh.model import RecordError, check_node_id
 
 DEFAULT_SOCKET = "coordinator.sock"
 
@@ -186,7 +187,7 @@ def _write_client_config(args: argparse.Namespace, data: dict[str, Any]) -> dict
 
 def _show(args: argparse.Namespace, data: Any) -> None:
     now = time.time()
-    if args.area == "client" and args.output:
+    if args.area == "client" and getattr(args, "output", None):
         data = _write_client_config(args, data)
         if not args.json:
             return
@@ -323,10 +324,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if area == "node" and action == "list":
         return "GET", "/v1/revoked" if args.revoked else "/v1/nodes", None
     if area in ("node", "client") and action == "revoke":
-        return "POST", f"/v1/nodes/{quote(args.node_id, safe='')}/revoke", None
+        return "POST", f"/v1/nodes/{check_node_id(args.node_id)}/revoke", None
     if area == "wireguard" and action == "update-peer":
         body = {"public_key": args.public_key}
-        return "PUT", f"/v1/nodes/{quote(args.peer_id, safe='')}/key", body
+        return "PUT", f"/v1/nodes/{check_node_id(args.peer_id)}/key", body
     if area == "node" and action == "remove":
         return "DELETE", f"/v1/nodes/{args.node_id}", None
     if area == "client" and action == "add":
@@ -356,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"pyralog-admin: say what to do (pyralog-admin {args.area} --help)")
         print(f"pyralog-admin: {args.area} {action[1]}: give --host BROKER", file=sys.stderr)
         return 2
-    method, path, body = _request(args)
+    try:
+        method, path, body = _request(args)
+    except RecordError as e:  # an id that could not be in a path: refused before asking
+        print(f"pyralog-admin: {e}", file=sys.stderr)
+        return 1
     output = getattr(args, "output", None)
     if output and os.path.lexists(output):
         # Before the request: the coordinator keeps no copy of the client's private key.
