@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pyralog.cli import admin_audit
 from pyralog.mesh import http
 from pyralog.mesh.keyfile import KeyFileError, write_secret
+from pyralog.mesh.model import RecordError, check_node_id
 
 DEFAULT_SOCKET = "coordinator.sock"
 
@@ -58,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", default="node", choices=["node", "gateway", "client", "admin"])
     add.add_argument("--region")
     add.add_argument("--replace-key", action="store_true", help="give an existing id this key")
-    node.add_parser("list", help="the coordinator's view of every member")
+    add.add_argument(
+        "--allow-revoked-key", action="store_true", help="admit a revoked key again (lifts it)"
+    )
+    nlist = node.add_parser("list", help="the coordinator's view of every member")
+    nlist.add_argument("--revoked", action="store_true", help="revoked keys instead, who, when")
     remove = node.add_parser("remove", help="remove a member (its peers drop it at once)")
     remove.add_argument("node_id")
+    nrevoke = node.add_parser("revoke", help="remove a member and refuse its key from now on")
+    nrevoke.add_argument("--node-id", required=True)
 
     client = sub.add_parser("client", help="stock WireGuard clients").add_subparsers(dest="action")
     cadd = client.add_parser("add", help="register a client and print its wg-quick config")
@@ -75,9 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     admin_audit.add_parser(sub)
+    crevoke = client.add_parser("revoke", help="remove a client and refuse its key from now on")
+    crevoke.add_argument("--name", dest="node_id", required=True)
+
+    wg = sub.add_parser("wireguard", help="members' WireGuard keys").add_subparsers(dest="action")
+    update = wg.add_parser("update-peer", help="replace a member's public key (id, address kept)")
+    update.add_argument("--peer-id", required=True)
+    update.add_argument("--public-key", required=True)
+
     cluster = sub.add_parser("cluster", help="the cluster").add_subparsers(dest="action")
-    cluster.add_parser(
-        "status", help="every member (with --host: the log cluster's brokers and controller)"
+    status = cluster.add_parser(
+        "status",
+        help="every member and its health, exit 1 if any is down "
+        "(with --host: the log cluster's brokers and controller)",
+    )
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (2) until Ctrl-C",
     )
     partition = sub.add_parser("partition", help="the log's partitions (needs --host)")
     partition.add_subparsers(dest="action").add_parser(
@@ -164,7 +189,7 @@ def _write_client_config(args: argparse.Namespace, data: dict[str, Any]) -> dict
 
 def _show(args: argparse.Namespace, data: Any) -> None:
     now = time.time()
-    if args.area == "client" and args.output:
+    if args.area == "client" and getattr(args, "output", None):
         data = _write_client_config(args, data)
         if not args.json:
             return
@@ -199,6 +224,23 @@ def _show(args: argparse.Namespace, data: Any) -> None:
             )
             rows.append([t["id"], t["role"], "yes" if t["reusable"] else "no", str(t["uses"]), why])
         _table("tokens", ["ID", "ROLE", "REUSABLE", "USES", "STATE"], rows)
+    elif args.area == "node" and args.action == "list" and args.revoked:
+        rows = [
+            [
+                r["node_id"],
+                r["role"],
+                r["address"],
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["revoked_at"])),
+                r["revoked_by"],
+                r["public_key"],
+            ]
+            for r in data
+        ]
+        _table("revoked keys", ["NODE", "ROLE", "ADDRESS", "REVOKED", "BY", "PUBLIC KEY"], rows)
+    elif args.action == "revoke" and args.area in ("node", "client"):
+        print(f"revoked: {data['node_id']} ({data['role']}), key {data['public_key']}")
+    elif args.area == "wireguard":
+        print(f"update-peer: {data['node_id']} at {data['address']}, key {data['public_key']}")
     elif args.area == "node" and args.action == "list":
         rows = [
             [
@@ -247,6 +289,14 @@ def _show(args: argparse.Namespace, data: Any) -> None:
         refused = {k: v for k, v in data["enrollment"].items() if k.startswith("refused")}
         if refused:
             print("enrollment refusals: " + ", ".join(f"{k[8:]} {v}" for k, v in refused.items()))
+        down = members_down(data)
+        if down:
+            print(f"down: {', '.join(down)}")
+
+
+def members_down(status: dict[str, Any]) -> list[str]:
+    """The ids of members whose health is "down" (``cluster status`` then exits 1)."""
+    return [m["node_id"] for m in status.get("members", []) if m.get("health") == "down"]
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
@@ -266,6 +316,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
             "public_key": args.public_key,
             "role": args.role,
             "replace_key": args.replace_key,
+            "allow_revoked_key": args.allow_revoked_key,
         }
         if args.endpoint:
             body["endpoint"] = args.endpoint
@@ -273,7 +324,12 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
             body["region"] = args.region
         return "POST", "/v1/nodes", body
     if area == "node" and action == "list":
-        return "GET", "/v1/nodes", None
+        return "GET", "/v1/revoked" if args.revoked else "/v1/nodes", None
+    if area in ("node", "client") and action == "revoke":
+        return "POST", f"/v1/nodes/{check_node_id(args.node_id)}/revoke", None
+    if area == "wireguard" and action == "update-peer":
+        body = {"public_key": args.public_key}
+        return "PUT", f"/v1/nodes/{check_node_id(args.peer_id)}/key", body
     if area == "node" and action == "remove":
         return "DELETE", f"/v1/nodes/{args.node_id}", None
     if area == "client" and action == "add":
@@ -305,12 +361,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"pyralog-admin: say what to do (pyralog-admin {args.area} --help)")
         print(f"pyralog-admin: {args.area} {action[1]}: give --host BROKER", file=sys.stderr)
         return 2
-    method, path, body = _request(args)
+    try:
+        method, path, body = _request(args)
+    except RecordError as e:  # an id that could not be in a path: refused before asking
+        print(f"pyralog-admin: {e}", file=sys.stderr)
+        return 1
     output = getattr(args, "output", None)
     if output and os.path.lexists(output):
         # Before the request: the coordinator keeps no copy of the client's private key.
         print(f"pyralog-admin: {output}: exists; refusing to overwrite it", file=sys.stderr)
         return 1
+    watch = getattr(args, "watch", None) if action == ("cluster", "status") else None
+    if watch is not None:
+        return _watch(args, method, path, max(watch, 0.1))
+    return _once(args, method, path, body)
+
+
+def _once(args: argparse.Namespace, method: str, path: str, body: Any) -> int:
     try:
         opener = _opener(args)
         data = asyncio.run(http.call(opener, method, path, body, timeout=15.0))
@@ -327,7 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyFileError as e:
         print(f"pyralog-admin: {e}", file=sys.stderr)
         return 1
+    if (args.area, args.action) == ("cluster", "status") and members_down(data):
+        return 1
     return 0
+
+
+def _watch(args: argparse.Namespace, method: str, path: str, every: float) -> int:
+    """``cluster status --watch``: the same table, redrawn until Ctrl-C; the exit code is
+    the last refresh's."""
+    code = 0
+    try:
+        while True:
+            if sys.stdout.isatty():
+                print("\033[H\033[2J", end="")
+            code = _once(args, method, path, None)
+            print(f"-- every {every:g} s, Ctrl-C to stop", flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Callers are known by where a request comes from, never by anything they claim:
 Routes: ``POST /v1/enroll``; ``GET /v1/mesh?since=VIEW&wait=SECONDS`` (a member's peers,
 long-polled: it answers when the member's view differs from ``since``);
 ``POST /v1/report``; admin: ``GET|POST /v1/nodes``, ``DELETE /v1/nodes/ID``,
-``GET|POST /v1/tokens``, ``DELETE /v1/tokens/ID``, ``POST /v1/clients``, ``GET /v1/status``.
+``GET|POST /v1/tokens``, ``DELETE /v1/tokens/ID``, ``POST /v1/clients``, ``GET /v1/status``,
+``POST /v1/nodes/ID/revoke``, ``GET /v1/revoked``, ``PUT /v1/nodes/ID/key``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pyralog.mesh import store_remote
 from pyralog.mesh.http import HttpError, Request, Response
 from pyralog.mesh.model import RecordError, check_node_id, check_role
-from pyralog.mesh.registry import Conflict
+from pyralog.mesh.registry import Conflict, UnknownNode
 from pyralog.mesh.store import StoreError
 from pyralog.mesh.topology import PeerSpec
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
@@ -60,7 +61,7 @@ class CoordinatorApi:
         self.service = service
 
     async def handle_admin_socket(self, request: Request) -> Response:
-        return await self._route(request, caller=None, role=ADMIN)
+        return await self._route(request, caller=None, role=ADMIN, who=_local_user(request))
 
     async def handle_mesh(self, request: Request) -> Response:
         if request.peer is None:
@@ -75,9 +76,13 @@ class CoordinatorApi:
         member = self.service.member(key)
         if member is None:
             raise HttpError(403, "this key is not a member of the cluster")
-        return await self._route(request, caller=member.node_id, role=member.role)
+        return await self._route(
+            request, caller=member.node_id, role=member.role, who=f"node {member.node_id}"
+        )
 
-    async def _route(self, request: Request, caller: str | None, role: str) -> Response:
+    async def _route(
+        self, request: Request, caller: str | None, role: str, who: str = "?"
+    ) -> Response:
         method, path = request.method, request.path
         try:
             if path == "/v1/mesh" and method == "GET" and caller is not None:
@@ -94,7 +99,9 @@ class CoordinatorApi:
                 raise HttpError(409, "already a member; nothing to enroll")
             if role != ADMIN:
                 raise HttpError(403, f"role {role!r} may not call {method} {path}")
-            return await self._admin(request, method, path)
+            return await self._admin(request, method, path, who)
+        except UnknownNode as e:
+            raise HttpError(404, str(e.args[0])) from None
         except (RecordError, ValueError) as e:
             raise HttpError(400, str(e)) from None
         except Conflict as e:
@@ -102,7 +109,7 @@ class CoordinatorApi:
         except StoreError as e:
             raise HttpError(503, f"the coordinator's store is unavailable: {e}") from None
 
-    async def _admin(self, request: Request, method: str, path: str) -> Response:
+    async def _admin(self, request: Request, method: str, path: str, who: str) -> Response:
         registry = self.service.registry
         parts = path.strip("/").split("/")
         if parts[:2] == ["v1", "nodes"] and len(parts) == 2:
@@ -116,6 +123,24 @@ class CoordinatorApi:
                 raise HttpError(404, f"no node {parts[2]!r}")
             self.service.audit("node_removed", node_id=removed.node_id)
             return Response(200, removed.public())
+        if parts[:2] == ["v1", "nodes"] and parts[3:] == ["revoke"] and method == "POST":
+            revoked = await registry.revoke(parts[2], by=who, now=time.time())
+            if revoked is None:
+                raise HttpError(404, f"no node {parts[2]!r}")
+            self.service.audit("node_revoked", **revoked.__dict__)
+            return Response(200, revoked.__dict__)
+        if parts[:2] == ["v1", "nodes"] and parts[3:] == ["key"] and method == "PUT":
+            body = request.json()
+            key = body.get("public_key") if isinstance(body, dict) else None
+            if not isinstance(key, str):
+                raise RecordError('expected {"public_key": "BASE64"}')
+            record = await registry.replace_key(parts[2], key, now=time.time())
+            self.service.audit(
+                "node_key_replaced", node_id=record.node_id, public_key=record.public_key, by=who
+            )
+            return Response(200, record.public())
+        if path == "/v1/revoked" and method == "GET":
+            return Response(200, [r.__dict__ for r in await registry.revoked()])
         if parts[:2] == ["v1", "tokens"] and len(parts) == 2:
             if method == "GET":
                 return Response(200, [t.public() for t in await registry.tokens()])
@@ -194,6 +219,7 @@ class CoordinatorApi:
             now=time.time(),
             state="provisioned",
             replace_key=bool(body.get("replace_key", False)),
+            allow_revoked_key=bool(body.get("allow_revoked_key", False)),
         )
         self.service.audit("node_added", node_id=record.node_id, public_key=record.public_key)
         return {**record.public(), **await self.service.welcome(record)}
@@ -243,6 +269,19 @@ class CoordinatorApi:
             **record.public(),
             "wg_quick": wg_quick(key, record.address, peers),
         }
+
+
+def _local_user(request: Request) -> str:
+    """The admin socket's caller for the audit trail: ``uid 1000 (alice)``."""
+    uid = request.peer_uid
+    if uid is None:
+        return "the admin socket (caller unknown)"
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _report(request: Request) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pyralog.link.control import PeerChange, SetRequest
@@ -28,6 +29,7 @@ from pyralog.mesh.audit_sessions import PeerCounters
 from pyralog.mesh.coordinator_config import CoordinatorConfig
 from pyralog.mesh.diff import Wanted, plan
 from pyralog.mesh.enrollment import Enrollment
+from pyralog.mesh.health import health
 from pyralog.mesh.keyfile import load_or_create
 from pyralog.mesh.model import NodeRecord
 from pyralog.mesh.policy import MeshSettings
@@ -42,7 +44,6 @@ from pyralog.wireguard.keys import PresharedKey, PublicKey
 HOUSEKEEPING = 1.0
 ENROLLED_GRACE = 10.0  # a new member keeps its provisional address this long
 REFUSAL_LINGER = 1.0  # a refused enrollment's peer outlives the refusal this long
-HEALTHY_AGE = 180.0  # a handshake older than this (WireGuard rekeys every 120 s) is stale
 NO_PSK = PresharedKey(bytes(32))
 
 
@@ -51,8 +52,9 @@ def _log(message: str) -> None:
 
 
 class CoordinatorService:
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock  # wall-clock time for status (handshake ages); tests pass a fake
         self.settings: MeshSettings = config.settings
         self.enrollment = Enrollment()
         self.api = CoordinatorApi(self)
@@ -233,6 +235,8 @@ class CoordinatorService:
         assert self.registry is not None and self.tunnel is not None
         nodes = await self.registry.nodes()
         self.enrollment.update_tokens(await self.registry.tokens())
+        revoked = [PublicKey.from_base64(r.public_key) for r in await self.registry.revoked()]
+        self.enrollment.update_revoked(revoked)
         with contextlib.suppress(Conflict):
             self.settings = await self.registry.settings()
         self._members = {n.public_key: n for n in nodes}
@@ -466,15 +470,11 @@ class CoordinatorService:
     async def status(self) -> dict[str, Any]:
         assert self.registry is not None and self.tunnel is not None
         device = self.tunnel.device
-        now = time.time()
+        now = self.clock()
         members = []
         for node in await self.registry.nodes():
             peer = device.get_peer(PublicKey.from_base64(node.public_key))
             handshake = peer.last_handshake if peer else None
-            if handshake is None:
-                health = "pending" if node.state == "provisioned" else "down"
-            else:
-                health = "healthy" if now - handshake < HEALTHY_AGE else "stale"
             members.append(
                 {
                     **node.public(),
@@ -483,7 +483,7 @@ class CoordinatorService:
                     "latest_handshake": handshake,
                     "rx_bytes": peer.rx_bytes if peer else 0,
                     "tx_bytes": peer.tx_bytes if peer else 0,
-                    "health": health,
+                    "health": health(handshake, node.state, now, self.config.health),
                     "report": self.reports.get(node.node_id, (None, None))[0],
                     "reported_at": self.reports.get(node.node_id, (None, None))[1],
                 }
@@ -496,6 +496,7 @@ class CoordinatorService:
                 "listen_port": self.tunnel.listen_port,
             },
             "settings": self.settings.to_json(),
+            "health_thresholds": dict(self.config.health.__dict__),
             "enrollment": dict(self.enrollment.counters),
             "drops": {k: v for k, v in device.drops.items() if v},
             "members": members,

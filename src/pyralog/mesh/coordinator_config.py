@@ -27,6 +27,10 @@
     port = 9100                        # on the mesh address; the policy decides who
     listen = "127.0.0.1:9101"          # also here (default: not served locally)
 
+    [health]                           # cluster status: latest handshake's age, seconds
+    healthy_within = 120               # under this: healthy
+    down_after = 180                   # up to this: degraded; older: down
+
 Paths are relative to the file's directory. Every error names the file, table and key.
 """
 
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pyralog.mesh.config import MetricsSettings, metrics_section
+from pyralog.mesh.health import DOWN_AFTER, HEALTHY_WITHIN, HealthThresholds
 from pyralog.mesh.policy import DEFAULT_POLICY, TOPOLOGIES, MeshSettings, Policy, PolicyError
 from pyralog.mesh.tomlsection import ConfigError, Section
 from pyralog.wireguard.endpoint import EndpointError, parse_endpoint
@@ -63,6 +68,7 @@ class CoordinatorConfig:
     audit_log: Path
     settings: MeshSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    health: HealthThresholds = HealthThresholds()  # noqa: RUF009 (frozen, shared)
 
 
 def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -> CoordinatorConfig:
@@ -71,7 +77,9 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"coordinator", "topology", "regions", "policy", "metrics"})
+    unknown = sorted(
+        set(data) - {"coordinator", "topology", "regions", "policy", "metrics", "health"}
+    )
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
     c = Section(path, "[coordinator]", data.get("coordinator", {}))
@@ -154,6 +162,14 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         raise ConfigError(str(e)) from None
     settings = MeshSettings(network, kind, tuple(hubs), regions, policy)
     metrics = metrics_section(path, data.get("metrics", {}))
+    h = Section(path, "[health]", data.get("health", {}))
+    healthy_within = h.get("healthy_within", (int, float), HEALTHY_WITHIN)
+    down_after = h.get("down_after", (int, float), DOWN_AFTER)
+    h.finish()
+    try:
+        health = HealthThresholds(float(healthy_within), float(down_after))
+    except ValueError as e:
+        raise h.error("healthy_within", str(e)) from None
     return CoordinatorConfig(
         path,
         cluster_id,
@@ -168,6 +184,7 @@ def parse(text: str, path: str = "coordinator.toml", base: Path | None = None) -
         audit_log,
         settings,
         metrics,
+        health,
     )
 
 

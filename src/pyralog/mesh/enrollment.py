@@ -11,7 +11,9 @@ token it knows, *before anything is answered*:
   (in ``PROVISIONAL_NETWORK``, derived from the key, which the node computes too), and
   from there only the enrollment API is served;
 - a dead token's proof (expired, revoked, used up), no proof, or a wrong one: silence on
-  the wire, a counter, and an audit line.
+  the wire, a counter, and an audit line;
+- a revoked public key (``pyralog-admin node revoke``): the same silence, whatever token
+  it proves, counted as ``refused_revoked_key`` (``refused_revoked`` is a revoked token).
 
 Under load the Device demands cookies first (standard WireGuard: an initiation without
 a valid cookie gets a cookie reply, and only from someone who knows our public key);
@@ -63,6 +65,7 @@ class Enrollment:
         # The Device's ``now`` is monotonic; token expiry is wall-clock time.
         self.clock_offset = clock_offset
         self._tokens: list[tuple[bytes, TokenRecord]] = []
+        self._revoked: frozenset[PublicKey] = frozenset()
         self.pending: dict[PublicKey, Pending] = {}
         self.counters: Counter[str] = Counter()
         self.audit: list[dict[str, object]] = []
@@ -72,6 +75,11 @@ class Enrollment:
 
     def update_tokens(self, records: list[TokenRecord]) -> None:
         self._tokens = [(bytes.fromhex(r.proof_key), r) for r in records]
+
+    def update_revoked(self, keys: list[PublicKey]) -> None:
+        self._revoked = frozenset(keys)
+        for key in self._revoked & self.pending.keys():
+            del self.pending[key]
 
     def _match(self, who: UnknownInitiator) -> TokenRecord | None:
         for key, record in self._tokens:
@@ -84,6 +92,8 @@ class Enrollment:
         return any(check_proof(key, message, cookie) for key, _ in self._tokens)
 
     def admit(self, who: UnknownInitiator) -> Admission | None:
+        if who.public_key in self._revoked:
+            return self._refuse(who, "revoked_key", None)
         record = self._match(who)
         if record is None:
             return self._refuse(who, "no_token", None)

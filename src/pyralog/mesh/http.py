@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -39,6 +41,20 @@ class HttpError(Exception):
         self.after = after
 
 
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """Who is on the other end of a Unix socket, as the kernel says (Linux SO_PEERCRED:
+    pid, uid, gid as three ints); None where that is not available."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))
+    except OSError:
+        return None
+    return int(uid)
+
+
 @dataclass
 class Request:
     method: str
@@ -47,6 +63,7 @@ class Request:
     body: bytes
     peer: tuple[str, int] | None  # the client's address (None on a Unix socket)
     headers: dict[str, str] = field(default_factory=dict)
+    peer_uid: int | None = None  # a Unix socket client's uid (SO_PEERCRED), if known
 
     def json(self) -> Any:
         if not self.body:
@@ -114,6 +131,7 @@ async def serve_connection(
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
     peername = writer.get_extra_info("peername")
     peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
+    uid = _peer_uid(writer) if peer is None else None
     try:
         while True:
             try:
@@ -123,6 +141,7 @@ async def serve_connection(
                     request = await _next_request(conn, reader, peer)
                 if request is None:
                     return
+                request.peer_uid = uid
             except h11.RemoteProtocolError as e:
                 await _fail(writer, conn, e.error_status_hint, f"malformed HTTP: {e}")
                 return

@@ -69,6 +69,26 @@ class NodeRecord:
 
 
 @dataclass
+class RevokedKey:
+    """A public key that may never be a member again (``revoked/<hex key>``): what it was,
+    and who revoked it when, for the audit trail and ``pyralog-admin node list --revoked``."""
+
+    public_key: str
+    node_id: str
+    address: str
+    role: str
+    revoked_at: float
+    revoked_by: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RevokedKey:
+        return cls(**json.loads(data))
+
+
+@dataclass
 class TokenRecord:
     id: str
     role: str

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from pyralog.mesh import token as tokens
 from pyralog.mesh.addressing import AddressError, derive_address
-from pyralog.mesh.model import NodeRecord, RecordError, TokenRecord, check_node_id, check_role
+from pyralog.mesh.model import (
+    NodeRecord,
+    RecordError,
+    RevokedKey,
+    TokenRecord,
+    check_node_id,
+    check_role,
+)
 from pyralog.mesh.policy import MeshSettings
 from pyralog.mesh.store import Store
 from pyralog.mesh.topology import Coordinator
@@ -26,6 +33,7 @@ NODES = "nodes/"
 TOKENS = "tokens/"
 ADDRESSES = "addresses/"
 KEYS = "keys/"  # hex public key -> node id: one key, one member, by compare-and-set
+REVOKED = "revoked/"  # hex public key -> RevokedKey: never a member again
 SETTINGS = "settings/mesh"
 RETRIES = 20
 MAX_TTL = 366 * 86400
@@ -34,6 +42,10 @@ MAX_TTL = 366 * 86400
 class Conflict(Exception):
     """A request that contradicts the cluster's state (e.g. a public key already used by
     another node); the message says what."""
+
+
+class UnknownNode(LookupError):
+    """A request naming a member that does not exist (the API answers 404)."""
 
 
 @dataclass(frozen=True)
@@ -103,15 +115,24 @@ class Registry:
         token_id: str | None = None,
         state: str = "active",
         replace_key: bool = True,
+        allow_revoked_key: bool = False,
     ) -> NodeRecord:
         """Add a member, or update one: the same key updates its endpoints; a new key
         for an existing id replaces the old key (re-enrollment) if ``replace_key``.
-        The address is kept for an existing id, else derived and reserved."""
+        The address is kept for an existing id, else derived and reserved. A revoked
+        key is refused unless ``allow_revoked_key`` (an admin's explicit choice, which
+        lifts the revocation)."""
         check_node_id(node_id)
         check_role(role)
         public_key = _key(public_key)
         if public_key == self.identity.coordinator.public_key:
             raise Conflict("that public key is the coordinator's own")
+        revoked = await self.revocation(public_key)
+        if revoked is not None and not allow_revoked_key:
+            raise Conflict(
+                f"public key {public_key} was revoked (node {revoked.node_id!r}, by "
+                f"{revoked.revoked_by}); give --allow-revoked-key to admit it again"
+            )
         settings = await self.settings()
         network = settings.network_for(region)
         for _ in range(RETRIES):
@@ -155,6 +176,8 @@ class Registry:
             ):
                 if old is not None and old.public_key != public_key:
                     await self.store.delete(KEYS + _hex(old.public_key))
+                if revoked is not None:
+                    await self.store.delete(REVOKED + _hex(public_key))
                 return record
             if old is None:  # lost a race: give the address back and try again
                 await self.store.delete(ADDRESSES + record.address)
@@ -222,6 +245,48 @@ class Registry:
         await self.store.delete(ADDRESSES + record.address)
         await self.store.delete(KEYS + _hex(record.public_key))
         return record
+
+    async def replace_key(self, node_id: str, public_key: str, now: float) -> NodeRecord:
+        """Give an existing member another public key, keeping its id, address, role,
+        region and endpoints (``wireguard update-peer``; ``node add --replace-key`` is
+        the same change through ``register``)."""
+        old = await self.node(check_node_id(node_id))
+        if old is None:
+            raise UnknownNode(f"no node {node_id!r}")
+        return await self.register(
+            node_id,
+            public_key,
+            role=old.role,
+            region=old.region,
+            endpoints=old.endpoints,
+            token_id=old.token_id,
+            state=old.state,
+            now=now,
+            replace_key=True,
+        )
+
+    # -- revocation -------------------------------------------------------------------------
+
+    async def revoke(self, node_id: str, by: str, now: float) -> RevokedKey | None:
+        """Remove a member and record its key as revoked (None: no such member). The
+        revocation is written first: there is no moment where the member is gone and
+        its key could enroll again."""
+        record = await self.node(check_node_id(node_id))
+        if record is None:
+            return None
+        revoked = RevokedKey(
+            record.public_key, record.node_id, record.address, record.role, now, by
+        )
+        await self.store.put(REVOKED + _hex(record.public_key), revoked.to_json())
+        await self.remove(node_id)
+        return revoked
+
+    async def revoked(self) -> list[RevokedKey]:
+        return [RevokedKey.from_json(e.value) for e in await self.store.scan(REVOKED)]
+
+    async def revocation(self, public_key: str) -> RevokedKey | None:
+        entry = await self.store.get(REVOKED + _hex(public_key))
+        return RevokedKey.from_json(entry.value) if entry else None
 
     # -- tokens -----------------------------------------------------------------------------
 

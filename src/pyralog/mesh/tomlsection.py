@@ -45,7 +45,13 @@ class Section:
             raise self.error(unknown[0], "unknown key")
 
 
-_TOML_TYPES = {str: "a string", int: "an integer", list: "an array", bool: "true or false"}
+_TOML_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "an array",
+    bool: "true or false",
+}
 
 
 def show(value: Any) -> str:
