@@ -164,7 +164,11 @@ def test_cluster_status_exits_1_with_a_member_down() -> None:
                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(1.5)
         watch.send_signal(signal.SIGINT)
-        out, _ = watch.communicate(10)
+        try:
+            out, _ = watch.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            raise
         assert watch.returncode == 1
         assert out.count("-- every 0.2 s, Ctrl-C to stop") >= 2
         assert out.count("down: b") >= 2

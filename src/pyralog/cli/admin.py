@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -403,6 +404,9 @@ def _watch(args: argparse.Namespace, method: str, path: str, every: float) -> in
     """``cluster status --watch``: the same table, redrawn until Ctrl-C; the exit code is
     the last refresh's."""
     code = 0
+    # A shell's background job starts with SIGINT ignored, and Python keeps it so: Ctrl-C
+    # (or a script's SIGINT) must stop the watch whatever started it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             if sys.stdout.isatty():
