@@ -25,7 +25,8 @@ from functools import cache
 from typing import Any
 
 from kio.index import UnknownAPIKey, UnknownEntity, load_response_schema
-from kio.serial import entity_reader, entity_writer
+
+from pyralog.log.protocol import schema_reader, schema_writer
 
 METADATA = 3
 FIND_COORDINATOR = 10
@@ -116,8 +117,8 @@ def decode(api_key: int, api_version: int, frame: bytes) -> Answer:
     """Decode a response frame (size prefix included) of that api and version."""
     schema = load_response_schema(api_key, api_version)
     try:
-        header, used = _reader(schema.__header_schema__)(frame, 4)
-        body, _ = _reader(schema)(frame, 4 + used)
+        header, used = schema_reader(schema.__header_schema__)(frame, 4)
+        body, _ = schema_reader(schema)(frame, 4 + used)
     except Exception as e:  # kio's reader raises its own types on garbage
         raise RewriteError(
             f"response to api {api_key} v{api_version}: {type(e).__name__}: {e}"
@@ -130,8 +131,8 @@ def encode(api_key: int, api_version: int, header: Any, body: Any) -> bytes:
     schema = load_response_schema(api_key, api_version)
     out = io.BytesIO()
     out.write(b"\0\0\0\0")
-    _writer(schema.__header_schema__)(out, header)
-    _writer(schema)(out, body)
+    schema_writer(schema.__header_schema__)(out, header)
+    schema_writer(schema)(out, body)
     data = out.getbuffer()
     struct.pack_into(">i", data, 0, len(data) - 4)
     return bytes(data)
@@ -190,13 +191,3 @@ def _clamped(body: Any) -> Any:
     if body.api_keys is None or tuple(keys) == body.api_keys:
         return body
     return dataclasses.replace(body, api_keys=tuple(keys))
-
-
-@cache
-def _reader(schema: type) -> Any:
-    return entity_reader(schema)
-
-
-@cache
-def _writer(schema: type) -> Any:
-    return entity_writer(schema)

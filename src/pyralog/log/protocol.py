@@ -92,8 +92,8 @@ def decode_request(frame: bytes, supported: Mapping[int, tuple[int, int]]) -> Re
     except (UnknownAPIKey, UnknownEntity):
         raise UnsupportedVersion(api_key, api_version, correlation_id) from None
     try:
-        header, used = _reader(schema.__header_schema__)(frame, 0)
-        body, body_used = _reader(schema)(frame, used)
+        header, used = schema_reader(schema.__header_schema__)(frame, 0)
+        body, body_used = schema_reader(schema)(frame, used)
     except (BufferUnderflow, ValueError, UnicodeDecodeError, OverflowError, TypeError) as e:
         raise MalformedRequest(f"api {api_key} v{api_version}: {e}") from None
     except Exception as e:  # the native reader raises its own types on garbage
@@ -115,8 +115,8 @@ def encode_response(api_key: int, api_version: int, correlation_id: int, body: A
     out = io.BytesIO()
     out.write(b"\0\0\0\0")
     header_schema = schema.__header_schema__
-    _writer(header_schema)(out, header_schema(correlation_id=correlation_id))
-    _writer(schema)(out, body)
+    schema_writer(header_schema)(out, header_schema(correlation_id=correlation_id))
+    schema_writer(schema)(out, body)
     data = out.getbuffer()
     struct.pack_into(">i", data, 0, len(data) - 4)
     return bytes(data)
@@ -136,8 +136,8 @@ def encode_request(
         correlation_id=correlation_id,
         client_id=client_id,
     )
-    _writer(header_schema)(out, header)
-    _writer(schema)(out, body)
+    schema_writer(header_schema)(out, header)
+    schema_writer(schema)(out, body)
     data = out.getbuffer()
     struct.pack_into(">i", data, 0, len(data) - 4)
     return bytes(data)
@@ -147,8 +147,8 @@ def decode_response(api_key: int, api_version: int, frame: bytes) -> tuple[int, 
     """(correlation_id, body) of a response frame (size prefix removed)."""
     schema = load_response_schema(api_key, api_version)
     try:
-        header, used = _reader(schema.__header_schema__)(frame, 0)
-        body, _ = _reader(schema)(frame, used)
+        header, used = schema_reader(schema.__header_schema__)(frame, 0)
+        body, _ = schema_reader(schema)(frame, used)
     except Exception as e:
         raise MalformedRequest(f"response to api {api_key} v{api_version}: {e}") from None
     return header.correlation_id, body
@@ -262,12 +262,12 @@ def _null_array(schema: type, entity: Any) -> str | None:
 
 
 @cache
-def _reader(schema: type) -> Any:
+def schema_reader(schema: type) -> Any:
     return entity_reader(schema)
 
 
 @cache
-def _writer(schema: type) -> Any:
+def schema_writer(schema: type) -> Any:
     return entity_writer(schema)
 
 
