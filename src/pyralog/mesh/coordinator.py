@@ -159,15 +159,8 @@ class CoordinatorService:
         )
         self._servers.append(server)
         if settings.listen is not None:
+            self._servers.append(await self.metrics.serve_local(settings.listen, self.config.path))
             host, port = settings.listen
-            try:
-                local = await asyncio.start_server(
-                    lambda r, w: http.serve_connection(r, w, self.metrics.handle), host, port
-                )
-            except OSError as e:
-                where = f"{self.config.path}: [metrics] listen: {host}:{port}"
-                raise OSError(e.errno, f"{where}: {e.strerror}") from None
-            self._servers.append(local)
             _log(f"metrics on {host}:{port} (local) and port {settings.port}")
 
     def _names(self) -> dict[str, str]:

@@ -18,6 +18,7 @@ their role policy first).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -187,3 +188,15 @@ class MetricsEndpoint:
         if self.refresh is not None:
             await self.refresh()
         return http.Response(200, generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+    async def serve_local(self, listen: tuple[str, int], config_path: object) -> asyncio.Server:
+        """The endpoint on a local address too (``[metrics] listen``); an OSError that names
+        the config key if the address cannot be bound."""
+        host, port = listen
+        try:
+            return await asyncio.start_server(
+                lambda r, w: http.serve_connection(r, w, self.handle), host, port
+            )
+        except OSError as e:
+            where = f"{config_path}: [metrics] listen: {host}:{port}"
+            raise OSError(e.errno, f"{where}: {e.strerror or e}") from None

@@ -4,7 +4,6 @@ are in ``pyralog.mesh.metrics``; this is only where a node serves them."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from pyralog.mesh import http
@@ -46,15 +45,11 @@ async def serve(node: MeshNode) -> None:
             raise NodeError(f"{where}: {e.strerror or e}") from None
         node._servers.append(server)
     if settings.listen is not None:
-        host, port = settings.listen
         try:
-            local = await asyncio.start_server(
-                lambda r, w: http.serve_connection(r, w, node.metrics.handle), host, port
-            )
+            node._servers.append(await node.metrics.serve_local(settings.listen, node.config.path))
         except OSError as e:
-            where = f"{node.config.path}: [metrics] listen: {host}:{port}"
-            raise NodeError(f"{where}: {e.strerror or e}") from None
-        node._servers.append(local)
+            raise NodeError(e.strerror) from None
+        host, port = settings.listen
         _log(f"metrics on {host}:{port} (local) and port {settings.port}")
 
 
